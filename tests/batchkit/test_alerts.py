@@ -1,0 +1,282 @@
+"""batchkit.alerts end to end: real Airflow runs, a real webhook receiver on loopback, real Postgres.
+
+The failure alert is exercised through dag.test(), which runs the task's retries inline (it loops until
+the run finishes, re-scheduling an UP_FOR_RETRY task once its retry delay has passed) and calls the
+callbacks from the same task-runner finalize() a worker uses. The deadline callback is exercised both
+directly and the way the scheduler and triggerer drive it: Deadline.handle_miss() on the run's real
+deadline row, then the queued CallbackTrigger inflated and run as the triggerer does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import pendulum
+import psycopg
+import pytest
+from airflow.sdk import DAG
+
+from batchkit.alerts import AlertRoute, deadline_missed
+
+RUNBOOK = "Fails on purpose.\n\n## Runbook\nNothing to do: this DAG exists for the test suite.\n"
+TAGS = ["domain:sales", "kind:sync", "tier:3"]
+
+
+@dataclass
+class Received:
+    path: str
+    body: dict[str, Any]
+    at: datetime
+
+
+@dataclass
+class Webhook:
+    url: str
+    requests: list[Received] = field(default_factory=list)
+    arrived: threading.Condition = field(default_factory=threading.Condition)
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:
+        with self.arrived:
+            self.arrived.wait_for(lambda: len(self.requests) >= count, timeout)
+        return list(self.requests)
+
+
+@pytest.fixture
+def webhook(monkeypatch: pytest.MonkeyPatch) -> Iterator[Webhook]:
+    """A JSON-accepting HTTP receiver in a thread, wired up as the `alerts_webhook` connection."""
+    hook: Webhook
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            with hook.arrived:
+                hook.requests.append(Received(self.path, body, datetime.now(UTC)))
+                hook.arrived.notify_all()
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    hook = Webhook(url=f"http://127.0.0.1:{server.server_address[1]}")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("AIRFLOW_CONN_ALERTS_WEBHOOK", hook.url)
+    try:
+        yield hook
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+FAILING_DAG_SOURCE = """
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import DAG
+
+
+with standard_dag(
+    {dag_id!r},
+    owner="data-platform",
+    tags={tags!r},
+    schedule=CronDataIntervalTimetable("0 3 * * *", timezone="UTC"),
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md={doc_md!r},
+    deadline=timedelta(hours=2),
+    retries=2,
+    # Backoff has a 1 s floor plus jitter, so each retry waits 1-2 s.
+    retry_delay=timedelta(seconds=0),
+) as dag:
+
+    @task
+    def always_fails() -> None:
+        raise RuntimeError("partner API returned 503")
+
+    always_fails()
+"""
+
+
+@pytest.fixture
+def dags_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A dags folder of its own, as the `dags-folder` bundle: dag.test() runs only DAGs that a bundle
+    holds (it serializes them from there into the metadata DB)."""
+    folder = tmp_path / "dags"
+    folder.mkdir()
+    bundle = {
+        "name": "dags-folder",
+        "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+        "kwargs": {"path": str(folder), "refresh_interval": 0},
+    }
+    monkeypatch.setenv("AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST", json.dumps([bundle]))
+    return folder
+
+
+def _failing_dag(dags_folder: Path, dag_id: str) -> DAG:
+    """Write the DAG file and parse it the way the dag processor does."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    path = dags_folder / f"{dag_id}.py"
+    path.write_text(FAILING_DAG_SOURCE.format(dag_id=dag_id, tags=TAGS, doc_md=RUNBOOK))
+    bag = DagBag(dag_folder=path)
+    assert not bag.import_errors, bag.import_errors
+    return bag.dags[dag_id]
+
+
+def _task_tries(dag_id: str, run_id: str) -> tuple[int, int, list[tuple[int, str]], datetime]:
+    """(try_number, max_tries, earlier tries as (try, state), start of the last try) from the metadata DB."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.models.taskinstancehistory import TaskInstanceHistory
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        ti = session.scalars(
+            select(TaskInstance).where(TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id)
+        ).one()
+        history = session.execute(
+            select(TaskInstanceHistory.try_number, TaskInstanceHistory.state)
+            .where(TaskInstanceHistory.dag_id == dag_id, TaskInstanceHistory.run_id == run_id)
+            .order_by(TaskInstanceHistory.try_number)
+        ).all()
+        return ti.try_number, ti.max_tries, [(t, str(s)) for t, s in history], ti.start_date
+
+
+@pytest.mark.slow
+def test_failure_alert_fires_once_after_the_last_retry_and_dedups_the_next_run(
+    airflow_db: str, dags_folder: Path, webhook: Webhook, warehouse: psycopg.Connection
+) -> None:
+    dag_id = f"bk_alert_{uuid.uuid4().hex[:8]}"
+    dag = _failing_dag(dags_folder, dag_id)
+
+    first = dag.test(logical_date=pendulum.datetime(2026, 3, 1, 3, tz="UTC"))
+
+    assert first.state == "failed"
+    try_number, max_tries, earlier, last_try_started = _task_tries(dag_id, first.run_id)
+    assert (try_number, max_tries) == (3, 2)
+    assert earlier == [(1, "up_for_retry"), (2, "up_for_retry")], "the retries must really have run"
+
+    [alert] = webhook.wait_for(1)
+    assert alert.at > last_try_started, "the alert must come from the last try, not an earlier one"
+    body = alert.body
+    assert body["kind"] == "task_failed"
+    assert (body["dag_id"], body["task_id"], body["run_id"]) == (dag_id, "always_fails", first.run_id)
+    assert (body["try_number"], body["max_tries"]) == (3, 2)
+    assert body["error"] == "RuntimeError: partner API returned 503"
+    assert body["data_interval"] == {
+        "start": first.data_interval_start.isoformat(),
+        "end": first.data_interval_end.isoformat(),
+    }
+    assert unquote(body["url"]).endswith(
+        f"/dags/{dag_id}/runs/{first.run_id}/tasks/always_fails?try_number=3"
+    )
+
+    second = dag.test(logical_date=pendulum.datetime(2026, 3, 2, 3, tz="UTC"))
+
+    assert second.state == "failed"
+    assert _task_tries(dag_id, second.run_id)[0] == 3
+    assert len(webhook.wait_for(2, timeout=2)) == 1, "a second failure within the window must not alert"
+    log = warehouse.execute(
+        "SELECT run_id, outcome FROM batch_meta.alert_log WHERE dag_id = %s ORDER BY id", (dag_id,)
+    ).fetchall()
+    assert log == [(first.run_id, "sent"), (second.run_id, "suppressed")]
+
+
+def _deadline_context(run_id: str, deadline_time: datetime) -> dict[str, Any]:
+    """The context shape Deadline.handle_miss() builds: the run as DAGRunResponse JSON + the deadline."""
+    return {
+        "dag_run": {
+            "dag_run_id": run_id,
+            "dag_id": "bk_nightly_export",
+            "queued_at": "2026-03-01T03:00:04Z",
+            "data_interval_start": "2026-02-28T03:00:00Z",
+            "data_interval_end": "2026-03-01T03:00:00Z",
+            "state": "running",
+        },
+        "deadline": {"id": str(uuid.uuid4()), "deadline_time": deadline_time},
+    }
+
+
+def test_deadline_callback_posts_the_shared_payload(webhook: Webhook) -> None:
+    deadline_time = datetime(2026, 3, 1, 5, 0, 4, tzinfo=UTC)
+    context = _deadline_context("scheduled__2026-02-28T03:00:00+00:00", deadline_time)
+
+    returned = asyncio.run(
+        deadline_missed(
+            context=context, **AlertRoute(endpoint="/alerts").as_kwargs(), deadline_interval_seconds=7200.0
+        )
+    )
+
+    [alert] = webhook.wait_for(1)
+    assert alert.path == "/alerts"
+    assert alert.body == returned
+    assert alert.body["kind"] == "deadline_missed"
+    assert alert.body["dag_id"] == "bk_nightly_export"
+    assert alert.body["run_id"] == "scheduled__2026-02-28T03:00:00+00:00"
+    assert alert.body["deadline_time"] == "2026-03-01T05:00:04+00:00"
+    assert alert.body["deadline_interval_seconds"] == 7200.0
+    assert alert.body["data_interval"] == {"start": "2026-02-28T03:00:00Z", "end": "2026-03-01T03:00:00Z"}
+    assert unquote(alert.body["url"]).endswith(
+        "/dags/bk_nightly_export/runs/scheduled__2026-02-28T03:00:00+00:00"
+    )
+
+
+@pytest.mark.slow
+def test_deadline_miss_runs_the_callback_the_way_the_triggerer_does(
+    airflow_db: str, dags_folder: Path, webhook: Webhook
+) -> None:
+    from airflow._shared.module_loading import import_string
+    from airflow.models.deadline import Deadline
+    from airflow.models.trigger import Trigger
+    from airflow.serialization.decoders import smart_decode_trigger_kwargs
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    dag_id = f"bk_deadline_{uuid.uuid4().hex[:8]}"
+    run = _failing_dag(dags_folder, dag_id).test(logical_date=pendulum.datetime(2026, 3, 1, 3, tz="UTC"))
+    failure_alerts = len(webhook.wait_for(1))
+
+    # What the scheduler does once deadline_time has passed.
+    with create_session() as session:
+        deadline = session.scalars(select(Deadline).where(Deadline.dag_id == dag_id)).one()
+        expected_deadline = deadline.deadline_time
+        assert expected_deadline == run.queued_at + timedelta(hours=2)
+        deadline.handle_miss(session)
+        session.flush()
+        trigger = deadline.callback.trigger
+        classpath, encrypted = trigger.classpath, trigger.encrypted_kwargs
+
+    # What the triggerer does with the queued trigger (TriggerRunner.create_triggers + run).
+    kwargs = {k: smart_decode_trigger_kwargs(v) for k, v in Trigger._decrypt_kwargs(encrypted).items()}
+    callback_trigger = import_string(classpath)(**kwargs)
+
+    async def run_trigger() -> list[dict]:
+        return [event.payload async for event in callback_trigger.run()]
+
+    events = asyncio.run(run_trigger())
+    assert [e["state"] for e in events] == ["running", "success"], events
+
+    alerts = webhook.wait_for(failure_alerts + 1)
+    deadline_alert = alerts[-1].body
+    assert deadline_alert["kind"] == "deadline_missed"
+    assert (deadline_alert["dag_id"], deadline_alert["run_id"]) == (dag_id, run.run_id)
+    assert datetime.fromisoformat(deadline_alert["deadline_time"]) == expected_deadline
+    assert deadline_alert["deadline_interval_seconds"] == 7200.0
+    assert datetime.fromisoformat(deadline_alert["data_interval"]["start"]) == run.data_interval_start
+    assert datetime.fromisoformat(deadline_alert["data_interval"]["end"]) == run.data_interval_end
+    assert unquote(deadline_alert["url"]).endswith(f"/dags/{dag_id}/runs/{run.run_id}")
+    assert events[-1]["body"] == deadline_alert

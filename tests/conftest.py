@@ -1,0 +1,75 @@
+"""Test-session wiring: a real Postgres server, throwaway databases, and Airflow configured for them.
+
+Airflow reads its configuration when first imported, so the environment is set here, at import time,
+before any test module imports airflow.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tools.airflow_env import airflow_env
+from tools.metadb import PgServer, drop_database, ensure_database, resolve_test_server
+
+PG_SERVER, _EMBEDDED = resolve_test_server()
+# One pair of databases per pytest process, so concurrent sessions never share state.
+METADATA_DB = f"bk_test_meta_{os.getpid()}"
+WAREHOUSE_DB = f"bk_test_wh_{os.getpid()}"
+ensure_database(PG_SERVER, METADATA_DB)
+ensure_database(PG_SERVER, WAREHOUSE_DB)
+
+AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="bk-airflow-home-"))
+os.environ.update(
+    airflow_env(
+        AIRFLOW_HOME,
+        PG_SERVER.sqlalchemy_url(METADATA_DB),
+        extra={"AIRFLOW_CONN_WAREHOUSE": PG_SERVER.airflow_connection_json(WAREHOUSE_DB)},
+    )
+)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    drop_database(PG_SERVER, METADATA_DB)
+    drop_database(PG_SERVER, WAREHOUSE_DB)
+    shutil.rmtree(AIRFLOW_HOME, ignore_errors=True)
+    if _EMBEDDED is not None:
+        _EMBEDDED.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> PgServer:
+    return PG_SERVER
+
+
+@pytest.fixture(scope="session")
+def warehouse_conninfo() -> str:
+    """libpq conninfo of this session's warehouse database (also Airflow connection `warehouse`)."""
+    return PG_SERVER.conninfo(WAREHOUSE_DB)
+
+
+@pytest.fixture
+def warehouse(warehouse_conninfo: str) -> Iterator[psycopg.Connection]:
+    """An autocommit connection to the warehouse database, for arranging and asserting."""
+    with psycopg.connect(warehouse_conninfo, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> str:
+    """A migrated Airflow metadata database (for dag.test and the ORM); returns its SQLAlchemy URL."""
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        check=True,
+        env=os.environ,
+        capture_output=True,
+    )
+    return os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
