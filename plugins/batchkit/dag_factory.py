@@ -17,6 +17,7 @@ from typing import Any
 from airflow.sdk import DAG, AsyncCallback, DeadlineAlert, DeadlineReference, Param
 
 from batchkit.alerts import AlertRoute, FailureAlert, deadline_missed
+from batchkit.policy import EXPLICIT_SCHEDULING_ATTR
 
 RETRY_BACKOFF_MULTIPLIER = 2.0
 RUNBOOK_HEADING = re.compile(r"^##\s+Runbook\s*$", re.MULTILINE | re.IGNORECASE)
@@ -73,7 +74,7 @@ def standard_dag(
         "on_failure_callback": [FailureAlert(route=route)],
         **(default_args_overrides or {}),
     }
-    return DAG(
+    dag = DAG(
         dag_id,
         schedule=schedule,
         start_date=start_date,
@@ -100,6 +101,8 @@ def standard_dag(
         },
         **dag_kwargs,
     )
+    setattr(dag, EXPLICIT_SCHEDULING_ATTR, frozenset({"catchup", "max_active_runs"}))
+    return dag
 
 
 def dry_run_requested(context: Mapping[str, Any]) -> bool:

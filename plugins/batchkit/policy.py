@@ -1,0 +1,81 @@
+"""The house rules every DAG and task must follow, as plain functions.
+
+One source of truth for two enforcers: config/airflow_local_settings.py raises them as cluster-policy
+violations in the live dag-processor (the DAG shows up as an import error in the UI), and the DAG-integrity
+tests run the same functions over dags/ so a pull request fails before it merges.
+
+Each function returns every problem it finds, one sentence each, so one failed parse lists all of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from batchkit.taxonomy import tag_problems
+
+MIN_RETRIES = 2
+FORBIDDEN_OWNERS = frozenset({"", "airflow"})
+DEFAULT_POOL = "default_pool"
+# Set by batchkit.dag_factory.standard_dag: the Task SDK DAG falls back to config defaults for catchup and
+# max_active_runs without recording whether they were passed, so the factory records that they were.
+EXPLICIT_SCHEDULING_ATTR = "batchkit_explicit_scheduling"
+RUNBOOK_MARKER = "## runbook"
+
+
+def dag_problems(dag: Any) -> list[str]:
+    """What is wrong with a DAG as a whole (its tasks are checked by task_problems)."""
+    problems: list[str] = []
+    owner = str(dag.default_args.get("owner", "")).strip()
+    if owner.lower() in FORBIDDEN_OWNERS:
+        problems.append(f"owner must name a team or person, not {owner or 'nothing'!r}")
+    problems.extend(f"tags: {problem}" for problem in tag_problems(dag.tags or []))
+    if not dag.doc_md or RUNBOOK_MARKER not in dag.doc_md.lower():
+        problems.append("doc_md must exist and contain a '## Runbook' section")
+    if dag.deadline is None:
+        problems.append("needs a DeadlineAlert (deadline=...): Airflow 3's replacement for SLAs")
+    if dag.start_date is None:
+        problems.append("needs a fixed start_date")
+    elif dag.start_date.tzinfo is None:
+        problems.append("start_date must be timezone-aware")
+    explicit = getattr(dag, EXPLICIT_SCHEDULING_ATTR, frozenset())
+    for name in ("catchup", "max_active_runs"):
+        if name not in explicit:
+            problems.append(
+                f"{name} must be set explicitly (build the DAG with batchkit.dag_factory.standard_dag)"
+            )
+    return problems
+
+
+def task_problems(task: Any) -> list[str]:
+    """What is wrong with one task: retries, backoff, owner, failure alert, pool for external systems."""
+    problems: list[str] = []
+    if (task.retries or 0) < MIN_RETRIES:
+        problems.append(f"retries must be >= {MIN_RETRIES}, is {task.retries}")
+    if not task.retry_exponential_backoff:
+        problems.append("retry_exponential_backoff must be on")
+    if not task.max_retry_delay:
+        problems.append("max_retry_delay must be set (caps the exponential backoff)")
+    if str(task.owner or "").strip().lower() in FORBIDDEN_OWNERS:
+        problems.append(f"owner must name a team or person, not {task.owner!r}")
+    if not task.on_failure_callback:
+        problems.append("needs an on_failure_callback (the final-failure alert)")
+    external = external_conn_ids(task)
+    if external and task.pool == DEFAULT_POOL:
+        problems.append(
+            f"calls external system(s) {sorted(external)} and must run in their pool, not {DEFAULT_POOL!r}"
+        )
+    return problems
+
+
+def external_conn_ids(task: Any) -> set[str]:
+    """Connection ids a task declares (any `*conn_id` attribute): the systems it talks to."""
+    return {
+        value
+        for name, value in vars(task).items()
+        if name.endswith("conn_id") and isinstance(value, str) and value
+    }
+
+
+def describe(subject: str, problems: Iterable[str]) -> str:
+    return f"{subject} breaks the DAG rules:\n" + "\n".join(f"  - {problem}" for problem in problems)
