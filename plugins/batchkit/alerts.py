@@ -15,7 +15,7 @@ import html
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from airflow.sdk.definitions.context import Context
 
 ALERT_LOG_DDL = "sql/batch_meta/alert_log.sql"
+ALERT_SILENCES_DDL = "sql/batch_meta/alert_silences.sql"
 DEFAULT_WEBHOOK_CONN_ID = "alerts_webhook"
 DEFAULT_WAREHOUSE_CONN_ID = "warehouse"
 HTTP_TIMEOUT_SECONDS = 10.0
@@ -159,6 +160,28 @@ async def deliver_async(payload: Mapping[str, Any], route: AlertRoute) -> None:
 
 def ensure_alert_log(conn: psycopg.Connection) -> None:
     apply_sql_file(conn, ALERT_LOG_DDL)
+    apply_sql_file(conn, ALERT_SILENCES_DDL)
+
+
+def silence(
+    conn: psycopg.Connection, *, dag_id: str, task_pattern: str = "%", duration: timedelta, reason: str
+) -> datetime:
+    """Silence alerts of `dag_id` (tasks matching the LIKE `task_pattern`) for `duration`; returns the expiry."""
+    if duration <= timedelta(0):
+        raise ValueError(f"a silence needs a positive duration, got {duration}")
+    if not reason.strip():
+        raise ValueError("a silence needs a reason (it shows in the alert log)")
+    ensure_alert_log(conn)
+    with conn.transaction():
+        (until,) = conn.execute(
+            """
+            INSERT INTO batch_meta.alert_silences (dag_id, task_pattern, until, reason)
+            VALUES (%s, %s, clock_timestamp() + %s, %s)
+            RETURNING until
+            """,
+            (dag_id, task_pattern, duration, reason),
+        ).fetchone()
+    return until
 
 
 def send_unless_recent(
@@ -168,7 +191,8 @@ def send_unless_recent(
     window: timedelta,
     send: Callable[[], None],
 ) -> bool:
-    """Call `send` unless an alert of the same (kind, dag_id, task_id) was sent within `window`.
+    """Call `send` unless the alert is silenced or one of the same (kind, dag_id, task_id) was sent
+    within `window`.
 
     The decision and its log row commit together under an advisory lock per key, so concurrent
     failures (mapped tasks, parallel runs) produce one alert. If `send` raises, nothing is logged and
@@ -180,6 +204,14 @@ def send_unless_recent(
         conn.execute(
             "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", ("batchkit:alert:" + ":".join(key),)
         )
+        silenced = conn.execute(
+            """
+            SELECT 1 FROM batch_meta.alert_silences
+             WHERE dag_id = %s AND %s LIKE task_pattern AND until > clock_timestamp()
+             LIMIT 1
+            """,
+            (payload["dag_id"], payload.get("task_id") or ""),
+        ).fetchone()
         recent = conn.execute(
             """
             SELECT 1 FROM batch_meta.alert_log
@@ -189,16 +221,17 @@ def send_unless_recent(
             """,
             (*key, window),
         ).fetchone()
-        if recent is None:
+        outcome = "silenced" if silenced else "suppressed" if recent else "sent"
+        if outcome == "sent":
             send()
         conn.execute(
             """
             INSERT INTO batch_meta.alert_log (kind, dag_id, task_id, run_id, outcome, payload, created_at)
             VALUES (%s, %s, %s, %s, %s, %s, clock_timestamp())
             """,
-            (*key, payload.get("run_id"), "suppressed" if recent else "sent", Jsonb(payload)),
+            (*key, payload.get("run_id"), outcome, Jsonb(payload)),
         )
-    return recent is None
+    return outcome == "sent"
 
 
 class FailureAlert(BaseNotifier):

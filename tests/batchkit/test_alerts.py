@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ import psycopg
 import pytest
 from airflow.sdk import DAG
 
-from batchkit.alerts import AlertRoute, deadline_missed
+from batchkit.alerts import AlertRoute, deadline_missed, send_unless_recent, silence
 
 RUNBOOK = "Fails on purpose.\n\n## Runbook\nNothing to do: this DAG exists for the test suite.\n"
 TAGS = ["domain:sales", "kind:sync", "tier:3"]
@@ -233,3 +234,28 @@ def test_deadline_callback_posts_the_shared_payload(webhook: Webhook) -> None:
     assert unquote(alert.body["url"]).endswith(
         "/dags/bk_nightly_export/runs/scheduled__2026-02-28T03:00:00+00:00"
     )
+
+
+def test_a_silence_holds_alerts_until_it_expires(warehouse: psycopg.Connection) -> None:
+    dag_id = f"bk_silenced_{uuid.uuid4().hex[:8]}"
+    payload = {"kind": "task_failed", "dag_id": dag_id, "task_id": "load", "run_id": "r1"}
+    sent: list[str] = []
+
+    until = silence(warehouse, dag_id=dag_id, duration=timedelta(seconds=1), reason="source maintenance")
+    assert not send_unless_recent(warehouse, payload, window=timedelta(0), send=lambda: sent.append("r1"))
+
+    time.sleep(max(0.0, (until - datetime.now(UTC)).total_seconds()) + 0.1)
+    assert send_unless_recent(warehouse, payload, window=timedelta(0), send=lambda: sent.append("r2"))
+
+    assert sent == ["r2"]
+    outcomes = warehouse.execute(
+        "SELECT outcome FROM batch_meta.alert_log WHERE dag_id = %s ORDER BY id", (dag_id,)
+    ).fetchall()
+    assert outcomes == [("silenced",), ("sent",)]
+
+
+def test_a_silence_needs_a_reason_and_a_positive_duration(warehouse: psycopg.Connection) -> None:
+    with pytest.raises(ValueError, match="reason"):
+        silence(warehouse, dag_id="any", duration=timedelta(hours=1), reason=" ")
+    with pytest.raises(ValueError, match="positive duration"):
+        silence(warehouse, dag_id="any", duration=timedelta(0), reason="maintenance")

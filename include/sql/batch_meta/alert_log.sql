@@ -1,4 +1,5 @@
--- Every alert decision of batchkit.alerts, sent or suppressed as a duplicate within the dedup window.
+-- Every alert decision of batchkit.alerts: sent, suppressed as a duplicate within the dedup window, or
+-- silenced by a row of batch_meta.alert_silences.
 CREATE SCHEMA IF NOT EXISTS batch_meta;
 
 CREATE TABLE IF NOT EXISTS batch_meta.alert_log (
@@ -7,7 +8,7 @@ CREATE TABLE IF NOT EXISTS batch_meta.alert_log (
     dag_id      text        NOT NULL,
     task_id     text        NOT NULL DEFAULT '',
     run_id      text,
-    outcome     text        NOT NULL CHECK (outcome IN ('sent', 'suppressed')),
+    outcome     text        NOT NULL CHECK (outcome IN ('sent', 'suppressed', 'silenced')),
     payload     jsonb       NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT now()
 );
