@@ -57,7 +57,7 @@ def main() -> None:
         "venv_size_mib": round(size),
     }
     sys.path.insert(0, str(REPO_ROOT))
-    from bench.common import write_result  # after install: psutil comes from the venv running this
+    from bench.common import write_result
 
     write_result("cold_install", figures)
 

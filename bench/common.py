@@ -8,8 +8,6 @@ import platform
 import time
 from pathlib import Path
 
-import psutil
-
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -17,7 +15,7 @@ def machine() -> dict:
     return {
         "cpu_count": os.cpu_count(),
         "cpu_model": _cpu_model(),
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "python": platform.python_version(),
         "platform": platform.platform(),
     }

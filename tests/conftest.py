@@ -16,6 +16,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from cryptography.fernet import Fernet
 
 from tools.airflow_env import airflow_env
 from tools.metadb import PgServer, drop_database, ensure_database, resolve_test_server
@@ -32,7 +33,12 @@ os.environ.update(
     airflow_env(
         AIRFLOW_HOME,
         PG_SERVER.sqlalchemy_url(METADATA_DB),
-        extra={"AIRFLOW_CONN_WAREHOUSE": PG_SERVER.airflow_connection_json(WAREHOUSE_DB)},
+        extra={
+            "AIRFLOW_CONN_WAREHOUSE": PG_SERVER.airflow_connection_json(WAREHOUSE_DB),
+            # Only the `airflow` CLI writes a generated key to airflow.cfg; this process and the CLI
+            # subprocesses must share one, or connections stored by one are unreadable by the other.
+            "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
+        },
     )
 )
 
