@@ -1,0 +1,1 @@
+"""Extraction logic as plain functions: pagination styles, retry classification, client-side rate limits."""

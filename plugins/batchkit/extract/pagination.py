@@ -1,0 +1,222 @@
+"""Pagination styles of REST APIs: what to ask for first, and what to ask for after a response.
+
+Plain logic without I/O (RestApiHook sends the requests). Each style is a pydantic model, so a YAML
+config can declare one through the `Pagination` union, e.g.
+`{style: cursor, cursor_param: cursor, cursor_field: next_cursor, records_field: data}`.
+
+A page's request travels between runs as JSON (Page.next_state): `{"page_number": n, "params": {...}}`
+holds only the pagination parameters (the caller's own query parameters are merged in at send time, so
+a checkpoint never copies them), `{"page_number": n, "url": "..."}` a server-given next link.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+from urllib.parse import urljoin, urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, TypeAdapter
+from requests.utils import parse_header_links
+
+
+class PageFormatError(ValueError):
+    """A response does not have the shape its pagination config describes."""
+
+
+@dataclass(frozen=True)
+class PageRequest:
+    """One page's request: pagination params (merged over the caller's), or an absolute next URL."""
+
+    params: Mapping[str, Any] = field(default_factory=dict)
+    url: str | None = None
+
+    def to_state(self, page_number: int) -> dict[str, Any]:
+        if self.url is not None:
+            return {"page_number": page_number, "url": self.url}
+        return {"page_number": page_number, "params": dict(self.params)}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> tuple[int, PageRequest]:
+        """The page number and request a Page.next_state stands for."""
+        try:
+            page_number = int(state["page_number"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"resume state {dict(state)!r} has no integer 'page_number'") from None
+        if "url" in state:
+            return page_number, cls(url=str(state["url"]))
+        if isinstance(state.get("params"), Mapping):
+            return page_number, cls(params=dict(state["params"]))
+        raise ValueError(f"resume state {dict(state)!r} has neither 'params' nor 'url'")
+
+
+@dataclass(frozen=True)
+class PageResponse:
+    """What pagination needs from a parsed response: its final URL, JSON body and headers."""
+
+    url: str
+    body: Any
+    headers: Mapping[str, str]
+
+
+def field_at(body: Any, path: str) -> Any:
+    """The value at a dotted path (`meta.next_cursor`) of a JSON object; None when any step is missing."""
+    value = body
+    for key in path.split("."):
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(key)
+    return value
+
+
+class _Style(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Dotted path of the record list in the body; None when the body itself is the list.
+    records_field: str | None = "data"
+
+    def records(self, body: Any) -> list[dict[str, Any]]:
+        records = body if self.records_field is None else field_at(body, self.records_field)
+        if not isinstance(records, list):
+            where = "the body" if self.records_field is None else f"field {self.records_field!r}"
+            raise PageFormatError(
+                f"expected a JSON array of records in {where}, got {type(records).__name__}"
+            )
+        return records
+
+
+class PageNumberPagination(_Style):
+    """?page=N&page_size=S; ends on an empty page, or on the last page when the body states the total."""
+
+    style: Literal["page_number"] = "page_number"
+    page_param: str = "page"
+    size_param: str = "page_size"
+    page_size: PositiveInt = 100
+    first_page: int = 1
+    total_pages_field: str | None = None
+
+    def first_request(self) -> PageRequest:
+        return PageRequest({self.page_param: self.first_page, self.size_param: self.page_size})
+
+    def next_request(
+        self, request: PageRequest, response: PageResponse, records: list[dict[str, Any]]
+    ) -> PageRequest | None:
+        if not records:
+            return None
+        page = int(request.params[self.page_param])
+        if self.total_pages_field is not None:
+            total_pages = field_at(response.body, self.total_pages_field)
+            if not isinstance(total_pages, int):
+                raise PageFormatError(f"expected an integer in field {self.total_pages_field!r}")
+            if page >= total_pages:
+                return None
+        return PageRequest({**request.params, self.page_param: page + 1})
+
+
+class OffsetPagination(_Style):
+    """?offset=O&limit=L; the next offset counts the records received, so a server-side cap on L is safe."""
+
+    style: Literal["offset"] = "offset"
+    offset_param: str = "offset"
+    limit_param: str = "limit"
+    limit: PositiveInt = 100
+    total_field: str | None = None
+
+    def first_request(self) -> PageRequest:
+        return PageRequest({self.offset_param: 0, self.limit_param: self.limit})
+
+    def next_request(
+        self, request: PageRequest, response: PageResponse, records: list[dict[str, Any]]
+    ) -> PageRequest | None:
+        if not records:
+            return None
+        offset = int(request.params[self.offset_param]) + len(records)
+        if self.total_field is not None:
+            total = field_at(response.body, self.total_field)
+            if not isinstance(total, int):
+                raise PageFormatError(f"expected an integer in field {self.total_field!r}")
+            if offset >= total:
+                return None
+        return PageRequest({**request.params, self.offset_param: offset})
+
+
+class CursorPagination(_Style):
+    """The body names the next page's cursor; a missing, null or empty cursor ends the pages."""
+
+    style: Literal["cursor"] = "cursor"
+    cursor_param: str = "cursor"
+    cursor_field: str = "next_cursor"
+    size_param: str | None = None
+    page_size: PositiveInt | None = None
+
+    def first_request(self) -> PageRequest:
+        return PageRequest(_size_params(self.size_param, self.page_size))
+
+    def next_request(
+        self, request: PageRequest, response: PageResponse, records: list[dict[str, Any]]
+    ) -> PageRequest | None:
+        cursor = field_at(response.body, self.cursor_field)
+        if cursor is None or cursor == "":
+            return None
+        if cursor == request.params.get(self.cursor_param):
+            # A server that hands back the cursor it was given would page forever.
+            raise PageFormatError(f"cursor in field {self.cursor_field!r} did not advance: {cursor!r}")
+        return PageRequest({**request.params, self.cursor_param: cursor})
+
+
+class LinkHeaderPagination(_Style):
+    """RFC 8288 `Link: <url>; rel="next"`; the pages end when the response has no such link."""
+
+    style: Literal["link_header"] = "link_header"
+    records_field: str | None = None
+    size_param: str | None = None
+    page_size: PositiveInt | None = None
+    rel: str = "next"
+
+    def first_request(self) -> PageRequest:
+        return PageRequest(_size_params(self.size_param, self.page_size))
+
+    def next_request(
+        self, request: PageRequest, response: PageResponse, records: list[dict[str, Any]]
+    ) -> PageRequest | None:
+        next_url = link_target(response.headers.get("Link"), self.rel, base_url=response.url)
+        return None if next_url is None else PageRequest(url=next_url)
+
+
+def link_target(link_header: str | None, rel: str, *, base_url: str) -> str | None:
+    """The absolute URL of the `rel` link, which must stay on the origin of `base_url`.
+
+    The session sends credentials with every request, so a link to another origin is refused rather
+    than followed.
+    """
+    if not link_header:
+        return None
+    for link in parse_header_links(link_header):
+        if rel in link.get("rel", "").split():
+            target = urljoin(base_url, link["url"])
+            if _origin(target) != _origin(base_url):
+                raise PageFormatError(f"Link rel={rel!r} points to another origin: {_origin(target)}")
+            return target
+    return None
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.netloc
+
+
+def _size_params(size_param: str | None, page_size: int | None) -> dict[str, Any]:
+    return {size_param: page_size} if size_param is not None and page_size is not None else {}
+
+
+Pagination = Annotated[
+    PageNumberPagination | OffsetPagination | CursorPagination | LinkHeaderPagination,
+    Field(discriminator="style"),
+]
+
+_PAGINATION_ADAPTER: TypeAdapter[Pagination] = TypeAdapter(Pagination)
+
+
+def parse_pagination(config: Mapping[str, Any]) -> Pagination:
+    """A pagination style from config (YAML/JSON); pydantic's error names the offending field."""
+    return _PAGINATION_ADAPTER.validate_python(dict(config))

@@ -1,0 +1,163 @@
+"""Which HTTP failures are worth retrying inside the task, and how long to wait before the next try.
+
+Transient: connection errors, timeouts, truncated bodies, 408, 429 and 5xx — retried with exponential
+backoff and full jitter, or after the server's Retry-After (both RFC 9110 forms, capped). Permanent: any
+other 4xx (and unexpected 3xx) — AirflowFailException at once, so neither this loop nor Airflow's task
+retries hammer a request that cannot succeed. When the retries run out, RetriesExhaustedError (an
+ordinary exception) leaves the decision to the task's own retries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import TypeVar
+
+import requests
+import tenacity
+from airflow.sdk.exceptions import AirflowFailException
+
+T = TypeVar("T")
+
+TRANSIENT_EXCEPTIONS: tuple[type[BaseException], ...] = (
+    requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+)
+BODY_EXCERPT_CHARS = 200
+
+
+class TransientHttpError(Exception):
+    """A response whose status says "try again later"."""
+
+    def __init__(self, request: str, status: int, reason: str, retry_after: float | None, excerpt: str):
+        super().__init__(f"{request} answered HTTP {status} {reason}: {excerpt}")
+        self.status = status
+        self.retry_after = retry_after
+
+
+class RetriesExhaustedError(Exception):
+    """A request still failed transiently when its attempts or time budget ran out."""
+
+
+def is_transient_status(status: int) -> bool:
+    # 408 is the server closing an idle or slow request: as transient as a timeout on our side.
+    return status in (408, 429) or 500 <= status <= 599
+
+
+def is_transient(error: BaseException) -> bool:
+    return isinstance(error, (TransientHttpError, *TRANSIENT_EXCEPTIONS))
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP-date; None if absent or invalid."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def body_excerpt(response: requests.Response) -> str:
+    text = " ".join(response.text[: BODY_EXCERPT_CHARS * 2].split())
+    return text[:BODY_EXCERPT_CHARS] or "(empty body)"
+
+
+def check_status(response: requests.Response, request: str) -> None:
+    """Raise for a failed response: TransientHttpError to retry, AirflowFailException to stop.
+
+    `request` names what was asked ("GET /v1/orders page 3"), never headers or credentials.
+    """
+    status = response.status_code
+    if 200 <= status < 300 or status == 304:
+        return
+    if is_transient_status(status):
+        raise TransientHttpError(
+            request,
+            status,
+            response.reason,
+            parse_retry_after(response.headers.get("Retry-After")),
+            body_excerpt(response),
+        )
+    raise AirflowFailException(
+        f"{request} failed with HTTP {status} {response.reason} (permanent, not retried): "
+        f"{body_excerpt(response)}"
+    )
+
+
+class _WaitRetryAfterOrBackoff(tenacity.wait.wait_base):
+    """The server's Retry-After (capped) when it sent one, else the fallback backoff."""
+
+    def __init__(self, fallback: tenacity.wait.wait_base, retry_after_max: float) -> None:
+        self.fallback = fallback
+        self.retry_after_max = retry_after_max
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        error = retry_state.outcome.exception() if retry_state.outcome else None
+        if isinstance(error, TransientHttpError) and error.retry_after is not None:
+            return min(error.retry_after, self.retry_after_max)
+        return self.fallback(retry_state)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How one request is retried: attempts, full-jitter backoff, total time budget, Retry-After cap.
+
+    The n-th retry waits a random time in [0, min(backoff_max, backoff_initial * 2**(n-1))] (AWS "full
+    jitter"), unless the server sent Retry-After. No retry starts once `max_total_seconds` since the
+    first attempt would be exceeded.
+    """
+
+    max_attempts: int = 5
+    backoff_initial: float = 1.0
+    backoff_max: float = 60.0
+    max_total_seconds: float = 300.0
+    retry_after_max: float = 120.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")
+        for name in ("backoff_initial", "backoff_max", "max_total_seconds", "retry_after_max"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+
+    def call(
+        self,
+        attempt: Callable[[], T],
+        *,
+        request: str,
+        on_retry: Callable[[tenacity.RetryCallState], None] | None = None,
+    ) -> T:
+        """Run `attempt` until it succeeds, fails permanently, or the policy gives up.
+
+        `on_retry` runs before each sleep (retry_state.upcoming_sleep is the wait about to happen).
+        """
+
+        def give_up(retry_state: tenacity.RetryCallState) -> T:
+            error = retry_state.outcome.exception() if retry_state.outcome else None
+            raise RetriesExhaustedError(
+                f"{request}: gave up after {retry_state.attempt_number} attempt(s) in "
+                f"{retry_state.seconds_since_start or 0.0:.1f}s; last error: {error}"
+            ) from error
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(is_transient),
+            wait=_WaitRetryAfterOrBackoff(
+                tenacity.wait_random_exponential(multiplier=self.backoff_initial, max=self.backoff_max),
+                self.retry_after_max,
+            ),
+            stop=tenacity.stop_after_attempt(self.max_attempts)
+            | tenacity.stop_before_delay(self.max_total_seconds),
+            before_sleep=on_retry,
+            retry_error_callback=give_up,
+        )
+        return retrying(attempt)

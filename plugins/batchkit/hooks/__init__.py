@@ -1,0 +1,1 @@
+"""Hooks: connections and I/O, built on the providers' hooks."""

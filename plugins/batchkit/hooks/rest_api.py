@@ -1,0 +1,254 @@
+"""RestApiHook: stream pages of JSON records from a REST API, resiliently, over one keep-alive session.
+
+Built on the HTTP provider's HttpHook, which reads the Airflow connection: base URL (host, schema, port),
+basic auth (login/password), verify/proxies, and extra keys as request headers. On top of it:
+
+- Bearer auth: a connection with a password and no login sends `Authorization: Bearer <password>`.
+- Timeouts (connect, read) on every request: the `timeout` argument, else the connection extra
+  `timeout` (seconds, or [connect, read]), else DEFAULT_TIMEOUT.
+- A client-side rate limit per connection id: `requests_per_second` argument or connection extra.
+- Retries inside the task (batchkit.extract.retry), pagination (batchkit.extract.pagination), resume
+  from a Page.next_state, and conditional requests when the caller keeps a validator store.
+
+Only the endpoint, query params and status reach logs and errors; headers (credentials) never do, and
+the Task SDK masks the connection's password and extra in task logs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Mapping, MutableMapping
+from typing import Any
+
+import requests
+import tenacity
+from airflow.providers.http.hooks.http import HttpHook
+from airflow.sdk.exceptions import AirflowFailException
+
+from batchkit.extract.pagination import PageFormatError, PageRequest, PageResponse, Pagination
+from batchkit.extract.ratelimit import TokenBucket, bucket_for
+from batchkit.extract.retry import TRANSIENT_EXCEPTIONS, RetryPolicy, check_status
+from batchkit.observability import count, get_logger, timing
+from batchkit.pages import Page
+
+DEFAULT_TIMEOUT = (5.0, 60.0)
+RATE_EXTRA_KEY = "requests_per_second"
+
+log = get_logger(__name__)
+
+# Maps a page's request URL to {"etag": ..., "next": <PageRequest.to_state(...) or None>}. JSON-able,
+# so a caller can persist it between runs; see RestApiHook.iter_pages.
+ValidatorStore = MutableMapping[str, Mapping[str, Any]]
+
+
+class BearerAuth(requests.auth.AuthBase):
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = f"Bearer {self._token}"
+        return request
+
+
+class RestApiHook(HttpHook):
+    """GET paginated JSON from the API behind an Airflow HTTP connection."""
+
+    def __init__(
+        self,
+        http_conn_id: str,
+        *,
+        retry_policy: RetryPolicy | None = None,
+        timeout: float | tuple[float, float] | None = None,
+        requests_per_second: float | None = None,
+    ) -> None:
+        super().__init__(method="GET", http_conn_id=http_conn_id)
+        self.retry_policy = retry_policy or RetryPolicy()
+        self._timeout_argument = timeout
+        self._rate_argument = requests_per_second
+        self._session: requests.Session | None = None
+        self._send_options: dict[str, Any] = {}
+        self._bucket: TokenBucket | None = None
+
+    def _extract_auth(self, connection: Any) -> Any:
+        if not connection.login and connection.password:
+            return BearerAuth(connection.password)
+        return super()._extract_auth(connection)
+
+    def get_conn(
+        self, headers: dict[Any, Any] | None = None, extra_options: dict[str, Any] | None = None
+    ) -> requests.Session:
+        session = super().get_conn(headers, extra_options)
+        # HttpHook turns every unrecognised extra key into a header; this one configures the hook.
+        session.headers.pop(RATE_EXTRA_KEY, None)
+        return session
+
+    @property
+    def session(self) -> requests.Session:
+        """The hook's one session: connections are kept alive across pages and retries."""
+        if self._session is None:
+            options = {} if self._timeout_argument is None else {"timeout": self._timeout_argument}
+            self._session = self.get_conn(extra_options=options)
+            self._send_options = {
+                **self.merged_extra,
+                "timeout": _as_timeout(self.merged_extra.get("timeout", DEFAULT_TIMEOUT)),
+                "check_response": False,
+            }
+            extra = self.get_connection(self.http_conn_id).extra_dejson
+            rate = self._rate_argument if self._rate_argument is not None else extra.get(RATE_EXTRA_KEY)
+            self._bucket = None if rate is None else bucket_for(self.http_conn_id, float(rate))
+        return self._session
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    def __enter__(self) -> RestApiHook:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def iter_pages(
+        self,
+        endpoint: str,
+        *,
+        pagination: Pagination,
+        params: Mapping[str, Any] | None = None,
+        resume_from: Mapping[str, Any] | None = None,
+        validators: ValidatorStore | None = None,
+    ) -> Iterator[Page]:
+        """Yield the pages of `endpoint` one at a time; the last one has next_state None.
+
+        An empty result is one empty last page. `resume_from` is a next_state of an earlier Page: the
+        pages before it are not requested again and numbering continues. `params` are sent with every
+        request except server-given next links, which carry their own query.
+
+        With `validators`, a page whose request URL has a stored ETag is requested with If-None-Match;
+        a 304 yields the page with no records (it is unchanged since the caller stored it) and continues
+        from the stored next request. Only sound for loads that upsert: a load that replaces everything
+        it is given would drop the unchanged pages' rows.
+        """
+        session = self.session
+        if resume_from is None:
+            number, request = 1, pagination.first_request()
+        else:
+            number, request = PageRequest.from_state(resume_from)
+        base_params = dict(params or {})
+        log.info(
+            "extract_started",
+            endpoint=endpoint,
+            params=base_params,
+            pagination=pagination.style,
+            first_page=number,
+        )
+        while True:
+            what = f"GET {endpoint} page {number}"
+            started = time.monotonic()
+            if request.url is not None:
+                url, query = request.url, None
+            else:
+                url, query = (
+                    self.url_from_endpoint(endpoint),
+                    sorted({**base_params, **request.params}.items()),
+                )
+            prepared = session.prepare_request(requests.Request("GET", url, params=query))
+            validator = validators.get(prepared.url) if validators is not None else None
+            if validator is not None:
+                prepared.headers["If-None-Match"] = validator["etag"]
+            response, retries = self._send(prepared, endpoint, what)
+
+            if response.status_code == 304 and validator is not None:
+                records: list[dict[str, Any]] = []
+                next_request = (
+                    None if validator["next"] is None else PageRequest.from_state(validator["next"])[1]
+                )
+            else:
+                records, next_request = self._parse(response, pagination, request, what)
+                etag = response.headers.get("ETag")
+                if validators is not None and etag:
+                    validators[prepared.url] = {
+                        "etag": etag,
+                        "next": None if next_request is None else next_request.to_state(number + 1),
+                    }
+            seconds = time.monotonic() - started
+            log.info(
+                "page_fetched",
+                endpoint=endpoint,
+                page=number,
+                rows=len(records),
+                latency_ms=round(seconds * 1000, 1),
+                retries=retries,
+                not_modified=response.status_code == 304,
+            )
+            count("extract.pages", endpoint=endpoint)
+            count("extract.records", len(records), endpoint=endpoint)
+            timing("extract.page_latency", seconds, endpoint=endpoint)
+            yield Page(number, records, None if next_request is None else next_request.to_state(number + 1))
+            if next_request is None:
+                return
+            number, request = number + 1, next_request
+
+    def _send(
+        self, prepared: requests.PreparedRequest, endpoint: str, what: str
+    ) -> tuple[requests.Response, int]:
+        """One page's response, retried per the policy; also returns how many retries it took."""
+        session = self.session
+        retries = 0
+
+        def attempt() -> requests.Response:
+            if self._bucket is not None:
+                self._bucket.acquire()
+            try:
+                response = self.run_and_check(session, prepared, self._send_options)
+            except TRANSIENT_EXCEPTIONS as error:
+                count("http.errors", endpoint=endpoint, error=type(error).__name__)
+                raise
+            count("http.requests", endpoint=endpoint, status=response.status_code)
+            if response.status_code >= 400:
+                count("http.errors", endpoint=endpoint, status=response.status_code)
+            check_status(response, what)
+            return response
+
+        def on_retry(retry_state: tenacity.RetryCallState) -> None:
+            nonlocal retries
+            retries += 1
+            error = retry_state.outcome.exception() if retry_state.outcome else None
+            log.warning(
+                "request_retry",
+                request=what,
+                attempt=retry_state.attempt_number,
+                wait_s=round(retry_state.upcoming_sleep, 3),
+                error=f"{type(error).__name__}: {error}",
+            )
+            count("http.retries", endpoint=endpoint)
+
+        return self.retry_policy.call(attempt, request=what, on_retry=on_retry), retries
+
+    @staticmethod
+    def _parse(
+        response: requests.Response, pagination: Pagination, request: PageRequest, what: str
+    ) -> tuple[list[dict[str, Any]], PageRequest | None]:
+        try:
+            body = json.loads(response.content)
+        except ValueError as error:  # JSONDecodeError, or bytes that are not UTF-8/16/32
+            raise AirflowFailException(
+                f"{what}: response is not valid JSON ({error}); a data error, not retried"
+            ) from error
+        try:
+            records = pagination.records(body)
+            return records, pagination.next_request(
+                request, PageResponse(response.url, body, response.headers), records
+            )
+        except PageFormatError as error:
+            raise AirflowFailException(f"{what}: {error}") from error
+
+
+def _as_timeout(value: Any) -> float | tuple[float, float]:
+    """requests' timeout from an argument or JSON extra: seconds, or a (connect, read) pair."""
+    if isinstance(value, list | tuple) and len(value) == 2:
+        return float(value[0]), float(value[1])
+    if isinstance(value, int | float) and value > 0:
+        return float(value)
+    raise ValueError(f"timeout must be seconds or [connect, read] seconds, got {value!r}")

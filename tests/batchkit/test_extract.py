@@ -1,0 +1,431 @@
+"""REST extraction against the demo upstream on loopback: pagination, retries, rate limit, resume, ETags.
+
+The hook reads a real Airflow connection (AIRFLOW_CONN_<ID>, resolved by the Task SDK's env-var secrets
+backend outside a task); the server injects faults and counts every request it receives.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from typing import Any
+
+import pytest
+from airflow.sdk.exceptions import AirflowFailException
+from pydantic import ValidationError
+
+from batchkit.extract.pagination import (
+    CursorPagination,
+    LinkHeaderPagination,
+    OffsetPagination,
+    PageFormatError,
+    PageNumberPagination,
+    PageRequest,
+    PageResponse,
+    link_target,
+    parse_pagination,
+)
+from batchkit.extract.ratelimit import bucket_for
+from batchkit.extract.retry import RetriesExhaustedError, RetryPolicy, is_transient_status, parse_retry_after
+from batchkit.hooks.rest_api import RestApiHook
+from batchkit.pages import Page
+from tests.upstream import Upstream, running_upstream
+
+DAYS = ("2026-03-01", "2026-03-02")
+WINDOW = {"updated_since": "2026-03-01T00:00:00Z", "updated_before": "2026-03-03T00:00:00+00:00"}
+ORDERS_PER_DAY = 500
+PAGE_SIZE = 150
+# Ids are yyyymmdd * 10**7 + the record's index within its day.
+ALL_ORDER_IDS = [int(day.replace("-", "")) * 10**7 + i for day in DAYS for i in range(ORDERS_PER_DAY)]
+FAST_RETRIES = RetryPolicy(
+    max_attempts=5, backoff_initial=0.01, backoff_max=0.05, max_total_seconds=10, retry_after_max=3
+)
+
+STYLES: dict[str, tuple[str, Any, int]] = {
+    # name: (endpoint, pagination, pages yielded for 1000 records in pages of 150)
+    "page_number_until_empty": ("/v1/orders", PageNumberPagination(page_size=PAGE_SIZE), 8),
+    "page_number_total_pages": (
+        "/v1/orders",
+        PageNumberPagination(page_size=PAGE_SIZE, total_pages_field="total_pages"),
+        7,
+    ),
+    "offset_until_empty": ("/v1/offset/orders", OffsetPagination(limit=PAGE_SIZE), 8),
+    "offset_total": (
+        "/v1/offset/orders",
+        OffsetPagination(limit=PAGE_SIZE, total_field="total_records"),
+        7,
+    ),
+    "cursor": ("/v1/cursor/orders", CursorPagination(size_param="limit", page_size=PAGE_SIZE), 7),
+    "link_header": (
+        "/v1/link/orders",
+        LinkHeaderPagination(size_param="page_size", page_size=PAGE_SIZE),
+        7,
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[Upstream]:
+    with running_upstream("--orders-per-day", str(ORDERS_PER_DAY)) as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def clean_upstream(upstream: Upstream) -> None:
+    upstream.reset()
+
+
+@pytest.fixture
+def connect(upstream: Upstream, monkeypatch: pytest.MonkeyPatch):
+    """Define a fresh Airflow connection to the upstream (via env) and return its id."""
+
+    def define(token: str | None = None, **extra: Any) -> str:
+        conn_id = f"demo_api_{uuid.uuid4().hex[:12]}"
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", upstream.connection_json(token, **extra))
+        return conn_id
+
+    return define
+
+
+def ids(pages: list[Page]) -> list[int]:
+    return [record["order_id"] for page in pages for record in page.records]
+
+
+def assert_well_formed(pages: list[Page], first_number: int = 1) -> None:
+    assert [page.number for page in pages] == list(range(first_number, first_number + len(pages)))
+    assert pages[-1].next_state is None
+    assert all(page.next_state is not None for page in pages[:-1])
+
+
+# --- pagination ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_each_pagination_style_yields_every_record_once(style, upstream, connect) -> None:
+    endpoint, pagination, expected_pages = STYLES[style]
+    with RestApiHook(connect(), retry_policy=FAST_RETRIES) as hook:
+        pages = list(hook.iter_pages(endpoint, pagination=pagination, params=WINDOW))
+
+    assert ids(pages) == ALL_ORDER_IDS
+    assert len(pages) == expected_pages
+    assert_well_formed(pages)
+    stats = upstream.stats()
+    assert stats["paths"] == {endpoint: expected_pages}
+    assert stats["connections"] == 2  # the hook's one keep-alive connection, and this stats query
+
+
+@pytest.mark.parametrize("style", ["page_number_until_empty", "offset_total", "cursor", "link_header"])
+def test_an_empty_result_is_one_empty_last_page(style, upstream, connect) -> None:
+    endpoint, pagination, _ = STYLES[style]
+    with RestApiHook(connect()) as hook:
+        pages = list(hook.iter_pages(endpoint, pagination=pagination, params={**WINDOW, "per_day": 0}))
+
+    assert pages == [Page(number=1, records=[], next_state=None)]
+    assert upstream.requests_to(endpoint) == 1
+
+
+@pytest.mark.parametrize("style", ["page_number_until_empty", "offset_total", "cursor", "link_header"])
+def test_resume_from_next_state_does_not_refetch_earlier_pages(style, upstream, connect) -> None:
+    endpoint, pagination, expected_pages = STYLES[style]
+    with RestApiHook(connect()) as hook:
+        first_run = hook.iter_pages(endpoint, pagination=pagination, params=WINDOW)
+        done = [next(first_run) for _ in range(3)]
+        first_run.close()
+        upstream.reset()
+        rest = list(
+            hook.iter_pages(endpoint, pagination=pagination, params=WINDOW, resume_from=done[-1].next_state)
+        )
+
+    assert ids(done + rest) == ALL_ORDER_IDS
+    assert_well_formed(rest, first_number=4)
+    assert sorted(upstream.page_requests(endpoint)) == list(range(4, expected_pages + 1))
+    assert upstream.requests_to(endpoint) == expected_pages - 3
+
+
+def test_conditional_requests_skip_unchanged_pages(upstream, connect) -> None:
+    endpoint, pagination, expected_pages = STYLES["cursor"]
+    validators: dict[str, Any] = {}
+    with RestApiHook(connect()) as hook:
+        first = list(hook.iter_pages(endpoint, pagination=pagination, params=WINDOW, validators=validators))
+        # Page 2 changes upstream (record 200 is at position 50 of page 2); every other page is as stored.
+        upstream.set_faults({"kind": "bad_records", "record_indices": [200], "defect": "negative_amount"})
+        second = list(hook.iter_pages(endpoint, pagination=pagination, params=WINDOW, validators=validators))
+
+    assert ids(first) == ALL_ORDER_IDS
+    assert len(validators) == expected_pages
+    assert [len(page.records) for page in second] == [0, PAGE_SIZE, 0, 0, 0, 0, 0]
+    assert second[1].records[50]["amount"].startswith("-")
+    assert [page.next_state for page in second] == [page.next_state for page in first]
+    assert upstream.requests_to(endpoint) == 2 * expected_pages
+
+
+# --- retries ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("retry_after_format", ["seconds", "http_date"])
+def test_429_waits_for_retry_after(retry_after_format, upstream, connect) -> None:
+    upstream.set_faults(
+        {
+            "kind": "status",
+            "status": 429,
+            "path": "/v1/orders",
+            "page": 2,
+            "retry_after": 2 if retry_after_format == "http_date" else 1,
+            "retry_after_format": retry_after_format,
+        }
+    )
+    started = time.monotonic()
+    with RestApiHook(connect(), retry_policy=FAST_RETRIES) as hook:
+        pages = list(
+            hook.iter_pages("/v1/orders", pagination=STYLES["page_number_total_pages"][1], params=WINDOW)
+        )
+    elapsed = time.monotonic() - started
+
+    assert ids(pages) == ALL_ORDER_IDS
+    assert upstream.page_requests("/v1/orders")[2] == 2
+    # An HTTP-date has whole seconds: "now + 2 s" leaves between 1 and 2 s to wait.
+    assert 0.95 <= elapsed < 2.8
+
+
+def test_retry_after_is_capped(upstream, connect) -> None:
+    upstream.set_faults({"kind": "status", "status": 429, "path": "/v1/orders", "retry_after": 30})
+    policy = RetryPolicy(max_attempts=3, backoff_initial=0.01, retry_after_max=0.5)
+    started = time.monotonic()
+    with RestApiHook(connect(), retry_policy=policy) as hook:
+        pages = list(
+            hook.iter_pages("/v1/orders", pagination=STYLES["page_number_total_pages"][1], params=WINDOW)
+        )
+
+    assert ids(pages) == ALL_ORDER_IDS
+    assert 0.5 <= time.monotonic() - started < 2.0
+
+
+def test_503_burst_recovers(upstream, connect) -> None:
+    upstream.set_faults({"kind": "status", "status": 503, "path": "/v1/cursor/orders", "page": 3, "times": 3})
+    endpoint, pagination, _ = STYLES["cursor"]
+    with RestApiHook(connect(), retry_policy=FAST_RETRIES) as hook:
+        pages = list(hook.iter_pages(endpoint, pagination=pagination, params=WINDOW))
+
+    assert ids(pages) == ALL_ORDER_IDS
+    assert upstream.page_requests(endpoint) == {1: 1, 2: 1, 3: 4, 4: 1, 5: 1, 6: 1, 7: 1}
+
+
+def test_transient_errors_give_up_after_max_attempts(upstream, connect) -> None:
+    upstream.set_faults({"kind": "status", "status": 502, "path": "/v1/orders", "page": 2, "times": None})
+    policy = RetryPolicy(max_attempts=3, backoff_initial=0.01, backoff_max=0.02)
+    with (
+        RestApiHook(connect(), retry_policy=policy) as hook,
+        pytest.raises(
+            RetriesExhaustedError, match=r"GET /v1/orders page 2: gave up after 3 attempt"
+        ) as raised,
+    ):
+        list(hook.iter_pages("/v1/orders", pagination=STYLES["page_number_until_empty"][1], params=WINDOW))
+
+    assert "502" in str(raised.value)
+    assert upstream.page_requests("/v1/orders") == {1: 1, 2: 3}
+
+
+def test_retries_stop_within_the_total_time_budget(upstream, connect) -> None:
+    upstream.set_faults({"kind": "status", "status": 503, "path": "/v1/orders", "times": None})
+    policy = RetryPolicy(max_attempts=1000, backoff_initial=0.1, backoff_max=0.1, max_total_seconds=0.5)
+    started = time.monotonic()
+    with RestApiHook(connect(), retry_policy=policy) as hook, pytest.raises(RetriesExhaustedError):
+        list(hook.iter_pages("/v1/orders", pagination=STYLES["page_number_until_empty"][1], params=WINDOW))
+
+    assert time.monotonic() - started < 1.0
+    assert upstream.requests_to("/v1/orders") > 2
+
+
+def test_read_timeout_recovers(upstream, connect) -> None:
+    upstream.set_faults({"kind": "slow", "delay": 1.0, "path": "/v1/offset/orders", "page": 2})
+    endpoint, pagination, _ = STYLES["offset_total"]
+    started = time.monotonic()
+    with RestApiHook(connect(), retry_policy=FAST_RETRIES, timeout=(2.0, 0.3)) as hook:
+        pages = list(hook.iter_pages(endpoint, pagination=pagination, params=WINDOW))
+
+    assert ids(pages) == ALL_ORDER_IDS
+    assert upstream.page_requests(endpoint)[2] == 2
+    assert time.monotonic() - started < 1.0
+
+
+def test_connection_resets_recover(upstream, connect) -> None:
+    upstream.set_faults({"kind": "reset", "path": "/v1/link/orders", "page": 2, "times": 2})
+    endpoint, pagination, _ = STYLES["link_header"]
+    with RestApiHook(connect(), retry_policy=FAST_RETRIES) as hook:
+        pages = list(hook.iter_pages(endpoint, pagination=pagination, params=WINDOW))
+
+    assert ids(pages) == ALL_ORDER_IDS
+    assert upstream.page_requests(endpoint)[2] == 3
+
+
+@pytest.mark.parametrize("status", [400, 403, 404, 422])
+def test_permanent_4xx_fails_at_once(status, upstream, connect) -> None:
+    upstream.set_faults({"kind": "status", "status": status, "path": "/v1/orders", "page": 2, "times": None})
+    started = time.monotonic()
+    with (
+        RestApiHook(connect(), retry_policy=RetryPolicy(backoff_initial=5)) as hook,
+        pytest.raises(
+            AirflowFailException, match=rf"GET /v1/orders page 2 failed with HTTP {status}"
+        ) as raised,
+    ):
+        list(hook.iter_pages("/v1/orders", pagination=STYLES["page_number_until_empty"][1], params=WINDOW))
+
+    assert "injected fault" in str(raised.value)  # the body excerpt
+    assert upstream.page_requests("/v1/orders") == {1: 1, 2: 1}
+    assert time.monotonic() - started < 1.0
+
+
+def test_malformed_json_fails_without_retry(upstream, connect) -> None:
+    upstream.set_faults({"kind": "malformed_json", "path": "/v1/cursor/orders", "page": 2})
+    endpoint, pagination, _ = STYLES["cursor"]
+    with (
+        RestApiHook(connect(), retry_policy=FAST_RETRIES) as hook,
+        pytest.raises(
+            AirflowFailException, match=r"GET /v1/cursor/orders page 2: response is not valid JSON"
+        ),
+    ):
+        list(hook.iter_pages(endpoint, pagination=pagination, params=WINDOW))
+
+    assert upstream.page_requests(endpoint) == {1: 1, 2: 1}
+
+
+def test_bad_token_fails_with_401_and_no_secret_in_output(upstream, connect, capfd) -> None:
+    wrong_token = f"wrong-{uuid.uuid4().hex}"
+    with (
+        RestApiHook(connect(token=wrong_token), retry_policy=FAST_RETRIES) as hook,
+        pytest.raises(AirflowFailException, match=r"GET /v1/orders page 1 failed with HTTP 401") as raised,
+    ):
+        list(hook.iter_pages("/v1/orders", pagination=STYLES["page_number_until_empty"][1], params=WINDOW))
+
+    assert upstream.requests_to("/v1/orders") == 1
+    output = capfd.readouterr()
+    assert wrong_token not in str(raised.value) + output.out + output.err
+
+
+def test_logs_name_the_page_but_never_the_token(upstream, connect, capfd) -> None:
+    upstream.set_faults({"kind": "status", "status": 503, "path": "/v1/orders", "page": 1})
+    with RestApiHook(connect(), retry_policy=FAST_RETRIES) as hook:
+        list(hook.iter_pages("/v1/orders", pagination=STYLES["page_number_total_pages"][1], params=WINDOW))
+
+    output = capfd.readouterr()
+    logs = output.out + output.err
+    assert "page_fetched" in logs
+    assert "request_retry" in logs
+    assert upstream.token not in logs
+
+
+def test_a_bad_records_field_fails_naming_the_page(upstream, connect) -> None:
+    with (
+        RestApiHook(connect()) as hook,
+        pytest.raises(AirflowFailException, match=r"GET /v1/orders page 1: expected a JSON array .* 'items'"),
+    ):
+        list(
+            hook.iter_pages(
+                "/v1/orders", pagination=PageNumberPagination(records_field="items"), params=WINDOW
+            )
+        )
+
+
+# --- rate limit ---------------------------------------------------------------------------------
+
+
+def test_rate_limit_spaces_requests(upstream, connect) -> None:
+    rate = 10.0
+    endpoint, pagination, expected_pages = STYLES["page_number_until_empty"]
+    started = time.monotonic()
+    with RestApiHook(connect(requests_per_second=rate)) as hook:
+        pages = list(hook.iter_pages(endpoint, pagination=pagination, params=WINDOW))
+
+    assert len(pages) == expected_pages
+    assert time.monotonic() - started >= (expected_pages - 1) / rate
+
+
+def test_rate_limit_is_shared_by_threads_on_one_connection() -> None:
+    rate, per_thread, threads = 20.0, 5, 3
+    conn_id = f"shared_{uuid.uuid4().hex}"
+    assert bucket_for(conn_id, rate) is bucket_for(conn_id, rate)
+
+    def take() -> None:
+        for _ in range(per_thread):
+            bucket_for(conn_id, rate).acquire()
+
+    workers = [threading.Thread(target=take) for _ in range(threads)]
+    started = time.monotonic()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+    assert time.monotonic() - started >= (per_thread * threads - 1) / rate
+
+
+# --- plain logic --------------------------------------------------------------------------------
+
+
+def test_pagination_is_declared_by_config() -> None:
+    pagination = parse_pagination(
+        {"style": "cursor", "cursor_param": "cursor", "cursor_field": "meta.next", "records_field": "items"}
+    )
+    assert isinstance(pagination, CursorPagination)
+    response = PageResponse("http://api/x", {"items": [{"id": 1}], "meta": {"next": "abc"}}, {})
+    assert pagination.records(response.body) == [{"id": 1}]
+    assert pagination.next_request(pagination.first_request(), response, [{"id": 1}]) == PageRequest(
+        {"cursor": "abc"}
+    )
+
+    with pytest.raises(ValidationError, match="page_sise"):
+        parse_pagination({"style": "page_number", "page_sise": 10})
+    with pytest.raises(ValidationError, match="does not match any of the expected tags"):
+        parse_pagination({"style": "keyset"})
+
+
+def test_a_cursor_that_does_not_advance_is_refused() -> None:
+    pagination = CursorPagination()
+    request = PageRequest({"cursor": "same"})
+    with pytest.raises(PageFormatError, match="did not advance"):
+        pagination.next_request(
+            request, PageResponse("http://api/x", {"data": [], "next_cursor": "same"}, {}), []
+        )
+
+
+def test_next_links_resolve_relative_and_stay_on_origin() -> None:
+    assert (
+        link_target(
+            '</v1/x?page=2>; rel="next", </v1/x?page=9>; rel="last"', "next", base_url="http://api:80/v1/x"
+        )
+        == "http://api:80/v1/x?page=2"
+    )
+    assert link_target('</v1/x?page=9>; rel="last"', "next", base_url="http://api/v1/x") is None
+    with pytest.raises(PageFormatError, match="another origin"):
+        link_target('<https://evil.example/steal>; rel="next"', "next", base_url="http://api/v1/x")
+
+
+def test_page_state_round_trips_and_rejects_garbage() -> None:
+    for request in (PageRequest({"page": 3, "page_size": 10}), PageRequest(url="http://api/v1/x?page=3")):
+        assert PageRequest.from_state(request.to_state(7)) == (7, request)
+    with pytest.raises(ValueError, match="page_number"):
+        PageRequest.from_state({"params": {}})
+    with pytest.raises(ValueError, match="neither 'params' nor 'url'"):
+        PageRequest.from_state({"page_number": 2})
+
+
+def test_retry_after_parses_both_forms() -> None:
+    now = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
+    assert parse_retry_after("7", now=now) == 7.0
+    assert parse_retry_after(format_datetime(now + timedelta(seconds=90), usegmt=True), now=now) == 90.0
+    assert parse_retry_after(format_datetime(now - timedelta(seconds=5), usegmt=True), now=now) == 0.0
+    assert parse_retry_after("soon", now=now) is None
+    assert parse_retry_after(None) is None
+
+
+@pytest.mark.parametrize(
+    ("status", "transient"),
+    [(408, True), (429, True), (500, True), (503, True), (599, True)]
+    + [(400, False), (401, False), (403, False), (404, False), (409, False), (422, False)],
+)
+def test_status_classification(status, transient) -> None:
+    assert is_transient_status(status) is transient

@@ -1,0 +1,484 @@
+"""docker-compose.yaml, the Dockerfile and .env.example, checked without a Docker engine.
+
+CI has no Docker, so the compose stack is never started here. These tests check what would otherwise only
+fail on a user's machine: a service without a health check or dependency condition, a secret written
+inline, an image that drifts from the locked Airflow version, code folders not mounted, a `${VAR}` that a
+fresh `.env` leaves unset, and names (job types, the Celery app, ports) that the installed Airflow does
+not know.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import importlib
+import re
+import secrets
+import shlex
+import subprocess
+import tomllib
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from tools.metadb import REPO_ROOT
+
+COMPOSE_FILE = REPO_ROOT / "docker-compose.yaml"
+ENV_EXAMPLE = REPO_ROOT / ".env.example"
+DOCKERFILE = REPO_ROOT / "Dockerfile"
+DOCKERIGNORE = REPO_ROOT / ".dockerignore"
+
+AIRFLOW_HOME_IN_IMAGE = "/opt/airflow"
+CODE_FOLDERS = ("dags", "plugins", "include", "config")
+ONE_SHOT_RESTART_POLICIES = ("no", "on-failure")
+DEPENDENCY_CONDITIONS = ("service_started", "service_healthy", "service_completed_successfully")
+PLACEHOLDER = "change-me"
+
+VARIABLE_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+# `${NAME}`, `${NAME<op>...}` or `$NAME`; `$$` is compose's escape for a literal `$`.
+VARIABLE_REFERENCE = re.compile(
+    rf"\$(?:\{{(?P<braced>{VARIABLE_NAME})(?P<operator>:?[-?+])?|(?P<bare>{VARIABLE_NAME}))"
+)
+# Required (`${NAME}`, `${NAME:?message}`): the value comes from the environment, never from this file.
+REQUIRED_REFERENCE = re.compile(rf"\$\{{{VARIABLE_NAME}(?::?\?[^}}]*)?\}}")
+DEFAULTED_REFERENCE = re.compile(rf"\$\{{{VARIABLE_NAME}:?-(?P<default>[^}}]*)\}}")
+SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|FERNET|CREDENTIAL|BASIC_AUTH|(^|_)KEY($|_)", re.I)
+# ...but `*_FILE` / `*_PATH` name where a secret is kept, not the secret.
+LOCATION_SUFFIXES = ("_FILE", "_PATH")
+SECRET_FLAG = re.compile(r"--(?:password|secret|token|key)[= ]+(?P<value>\S+)", re.I)
+URL_PASSWORD = re.compile(r"://[^\s/@]*:(?P<password>[^\s/@]+)@")
+REQUIRED_MARK = "<required>"
+
+
+# --- reading the files ------------------------------------------------------------------------------
+
+
+@functools.cache
+def compose() -> dict[str, Any]:
+    """The compose file with YAML anchors and merge keys resolved (variables left uninterpolated)."""
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+def services() -> dict[str, dict[str, Any]]:
+    return compose()["services"]
+
+
+def airflow_services() -> dict[str, dict[str, Any]]:
+    """Services running Airflow itself, named `airflow-*` (demo-upstream only borrows the image)."""
+    return {name: svc for name, svc in services().items() if name.startswith("airflow-")}
+
+
+def as_list(value: str | list[str] | None) -> list[str]:
+    """A compose command or healthcheck test in exec form; the string form is split like a shell would."""
+    if value is None:
+        return []
+    return shlex.split(value) if isinstance(value, str) else [str(part) for part in value]
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.partition("=")[::2] for item in env)
+    return {name: "" if value is None else str(value) for name, value in env.items()}
+
+
+def mounts(service: dict[str, Any]) -> dict[str, str]:
+    """Target path -> source, from the short `source:target[:mode]` syntax."""
+    result = {}
+    for volume in service.get("volumes", []):
+        source, target, *_ = volume.split(":")
+        result[target] = source
+    return result
+
+
+def published_container_ports(service: dict[str, Any]) -> list[int]:
+    """Container ports of `[ip:]host:container[/proto]` entries."""
+    return [int(str(port).rsplit(":", 1)[-1].split("/")[0]) for port in service.get("ports", [])]
+
+
+def url_port(url: str) -> int:
+    parsed = urlsplit(url)
+    return parsed.port or (443 if parsed.scheme == "https" else 80)
+
+
+def healthcheck_url(service: dict[str, Any]) -> str:
+    (url,) = [part for part in as_list(service["healthcheck"]["test"]) if part.startswith("http://")]
+    return url
+
+
+def is_one_shot(service: dict[str, Any]) -> bool:
+    return service.get("restart") in ONE_SHOT_RESTART_POLICIES
+
+
+def strings(node: Any, path: str) -> Iterator[tuple[str, str]]:
+    """Every string value in a YAML tree, with a dotted path naming where it sits."""
+    if isinstance(node, str):
+        yield path, node
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            yield from strings(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from strings(value, f"{path}[{index}]")
+
+
+def variable_references(text: str) -> Iterator[tuple[str, str]]:
+    """(name, operator) of each interpolation in `text`; also finds references nested in a default."""
+    position = 0
+    while (position := text.find("$", position)) != -1:
+        if text.startswith("$$", position):
+            position += 2
+            continue
+        match = VARIABLE_REFERENCE.match(text, position)
+        if match is None:
+            position += 1
+            continue
+        yield match["braced"] or match["bare"], match["operator"] or ""
+        position = match.end()
+
+
+def literal_text(value: str) -> str:
+    """What a value holds when only required variables are set: their references become a mark, and a
+    `${NAME:-default}` becomes its default, which is text written in this file."""
+    value = DEFAULTED_REFERENCE.sub(lambda match: match["default"], value)
+    return REQUIRED_REFERENCE.sub(REQUIRED_MARK, value)
+
+
+def is_secret_name(name: str) -> bool:
+    return bool(SECRET_NAME.search(name)) and not name.upper().endswith(LOCATION_SUFFIXES)
+
+
+def env_example() -> dict[str, str]:
+    values = {}
+    for number, line in enumerate(ENV_EXAMPLE.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, separator, value = line.partition("=")
+        if not (separator and re.fullmatch(VARIABLE_NAME, name)):
+            raise ValueError(f".env.example line {number}: expected NAME=value, got {line!r}")
+        values[name] = value
+    return values
+
+
+def constraints_pin(package: str) -> str:
+    for line in (REPO_ROOT / "constraints.txt").read_text().splitlines():
+        name, separator, version = line.strip().partition("==")
+        if separator and name.lower() == package:
+            return version
+    raise AssertionError(f"constraints.txt has no `{package}==` pin")
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
+    logical_lines, current = [], ""
+    for line in DOCKERFILE.read_text().splitlines():
+        if line.lstrip().startswith("#"):
+            continue
+        current += line.rstrip().removesuffix("\\") + " "
+        if not line.rstrip().endswith("\\"):
+            if current.strip():
+                logical_lines.append(current.strip())
+            current = ""
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in logical_lines]
+
+
+def dockerignored(path: str) -> bool:
+    """Whether .dockerignore keeps `path` out of the build context (the last matching rule wins)."""
+    ignored = False
+    for rule in DOCKERIGNORE.read_text().splitlines():
+        rule = rule.strip()
+        if not rule or rule.startswith("#"):
+            continue
+        negated = rule.startswith("!")
+        pattern = rule.removeprefix("!").strip("/")
+        if fnmatch.fnmatch(path, pattern) or path.startswith(pattern + "/"):
+            ignored = not negated
+    return ignored
+
+
+# --- the compose file -------------------------------------------------------------------------------
+
+
+def test_compose_file_parses_into_services_and_declared_volumes() -> None:
+    document = yaml.safe_load(COMPOSE_FILE.read_text())
+    assert isinstance(document, dict), "docker-compose.yaml: not a mapping"
+    assert document.get("services"), "docker-compose.yaml: no `services`"
+    declared = set(document.get("volumes") or {})
+    for name, service in document["services"].items():
+        assert service.get("image"), f"service {name}: no `image`"
+        for target, source in mounts(service).items():
+            if source.startswith(("./", "/")):
+                continue
+            assert source in declared, (
+                f"service {name}: volumes -> {target}: named volume {source!r} undeclared"
+            )
+
+
+def test_every_service_is_health_checked_or_a_one_shot_others_wait_for() -> None:
+    awaited = {
+        target
+        for service in services().values()
+        for target, dependency in (service.get("depends_on") or {}).items()
+        if dependency.get("condition") == "service_completed_successfully"
+    }
+    for name, service in services().items():
+        if name in awaited:
+            assert is_one_shot(service), (
+                f"service {name}: restart {service.get('restart')!r}; a one-shot others wait for must use "
+                f'one of {ONE_SHOT_RESTART_POLICIES} (quote "no": bare `no` is YAML false)'
+            )
+            continue
+        healthcheck = service.get("healthcheck") or {}
+        assert not healthcheck.get("disable"), f"service {name}: healthcheck disabled"
+        test = as_list(healthcheck.get("test"))
+        assert test[:1] in (["CMD"], ["CMD-SHELL"]), f"service {name}: healthcheck.test: {test}"
+        assert len(test) > 1, f"service {name}: healthcheck.test runs nothing: {test}"
+
+
+def test_every_dependency_has_a_condition_its_target_can_meet() -> None:
+    for name, service in services().items():
+        depends_on = service.get("depends_on") or {}
+        assert isinstance(depends_on, dict), f"service {name}: depends_on is a list; give each a condition"
+        for target, dependency in depends_on.items():
+            where = f"service {name}: depends_on.{target}"
+            assert target in services(), f"{where}: no such service"
+            condition = (dependency or {}).get("condition")
+            assert condition in DEPENDENCY_CONDITIONS, f"{where}: condition {condition!r}"
+            if condition == "service_healthy":
+                assert services()[target].get("healthcheck"), f"{where}: service_healthy, but no healthcheck"
+            if condition == "service_completed_successfully":
+                assert is_one_shot(services()[target]), f"{where}: waits for an exit, but {target} restarts"
+
+
+def test_no_secret_is_written_inline() -> None:
+    for name, service in services().items():
+        for variable, value in environment(service).items():
+            if is_secret_name(variable):
+                assert re.fullmatch(f"({re.escape(REQUIRED_MARK)})+", literal_text(value)), (
+                    f"service {name}: environment.{variable} = {value!r}: a secret must be a required "
+                    f"reference like ${{{variable}:?...}} with no default"
+                )
+    for path, value in strings(compose(), "docker-compose.yaml"):
+        text = literal_text(value)
+        for match in URL_PASSWORD.finditer(text):
+            assert match["password"] == REQUIRED_MARK, f"{path}: password inline in a URL: {value!r}"
+        for match in SECRET_FLAG.finditer(text):
+            assert match["value"].strip("\"'") == REQUIRED_MARK, (
+                f"{path}: secret flag with a literal: {value!r}"
+            )
+
+
+def test_env_example_holds_placeholders_only() -> None:
+    for variable, value in env_example().items():
+        if is_secret_name(variable):
+            assert PLACEHOLDER in value, (
+                f".env.example: {variable}={value!r} looks like a real secret; write {PLACEHOLDER} and a "
+                "comment on how to generate one"
+            )
+        for match in URL_PASSWORD.finditer(value):
+            assert PLACEHOLDER in match["password"], f".env.example: {variable} has a password in its URL"
+
+
+def test_every_variable_is_in_env_example_or_has_a_default() -> None:
+    example = env_example()
+    for path, value in strings(compose(), "docker-compose.yaml"):
+        for variable, operator in variable_references(value):
+            if operator in (":-", "-"):
+                continue
+            assert example.get(variable), (
+                f"{path}: ${{{variable}}} has no default, and .env.example does not set it: a user who "
+                "copies .env.example would start with it unset"
+            )
+
+
+def test_code_folders_are_mounted_into_every_airflow_service() -> None:
+    assert airflow_services(), "docker-compose.yaml: no airflow-* services"
+    for name, service in airflow_services().items():
+        service_mounts = mounts(service)
+        for folder in CODE_FOLDERS:
+            target = f"{AIRFLOW_HOME_IN_IMAGE}/{folder}"
+            assert service_mounts.get(target) == f"./{folder}", (
+                f"service {name}: volumes: ./{folder} is not mounted at {target} (found {service_mounts})"
+            )
+
+
+def test_bind_mount_sources_exist_in_the_repository() -> None:
+    # Docker creates a missing source as an empty root-owned directory, hiding the mistake.
+    for name, service in services().items():
+        for target, source in mounts(service).items():
+            if source.startswith("./"):
+                assert (REPO_ROOT / source).exists(), f"service {name}: volumes -> {target}: {source} missing"
+
+
+def test_celery_services_run_only_in_the_celery_profile() -> None:
+    celery_services = {
+        name
+        for name, service in services().items()
+        if service["image"].startswith("redis:") or as_list(service.get("command"))[:1] == ["celery"]
+    }
+    assert celery_services, "docker-compose.yaml: no redis or `celery ...` services"
+    for name, service in services().items():
+        expected = ["celery"] if name in celery_services else None
+        assert service.get("profiles") == expected, f"service {name}: profiles {service.get('profiles')}"
+    for name, service in services().items():
+        if name in celery_services:
+            continue
+        for target in service.get("depends_on") or {}:
+            assert target not in celery_services, (
+                f"service {name}: depends_on.{target}, which plain `docker compose up` does not start"
+            )
+
+
+def test_the_api_server_is_published_and_is_where_the_execution_api_points() -> None:
+    (api_server,) = [n for n, s in services().items() if as_list(s.get("command")) == ["api-server"]]
+    service = services()[api_server]
+    port = url_port(healthcheck_url(service))
+    assert port in published_container_ports(service), (
+        f"service {api_server}: ports {service.get('ports')} do not publish container port {port}"
+    )
+    for name, airflow_service in airflow_services().items():
+        execution_api = urlsplit(environment(airflow_service)["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"])
+        assert (execution_api.hostname, execution_api.port, execution_api.path) == (
+            api_server,
+            port,
+            "/execution/",
+        ), f"service {name}: environment.AIRFLOW__CORE__EXECUTION_API_SERVER_URL does not reach {api_server}"
+
+
+def test_the_warehouse_database_is_created_by_the_postgres_init_script() -> None:
+    (postgres,) = [n for n, s in services().items() if s["image"].startswith("postgres:")]
+    init_dir = mounts(services()[postgres]).get("/docker-entrypoint-initdb.d")
+    assert init_dir, f"service {postgres}: nothing mounted at /docker-entrypoint-initdb.d"
+    scripts = "\n".join(path.read_text() for path in sorted((REPO_ROOT / init_dir).glob("*.sql")))
+    created = set(re.findall(r"CREATE DATABASE\s+(\w+)", scripts, re.I))
+    for name, service in airflow_services().items():
+        env = environment(service)
+        assert env["WAREHOUSE_HOST"] == postgres, f"service {name}: environment.WAREHOUSE_HOST"
+        assert env["WAREHOUSE_DB"] in created, (
+            f"service {name}: environment.WAREHOUSE_DB={env['WAREHOUSE_DB']!r}, but {init_dir} creates {created}"
+        )
+
+
+# --- the image --------------------------------------------------------------------------------------
+
+
+def test_image_is_the_locked_airflow_version_on_the_project_python() -> None:
+    airflow_version = constraints_pin("apache-airflow")
+    requires_python = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    python_version = re.fullmatch(r"==(\d+\.\d+)\.\*", requires_python)[1]
+    (base,) = [args for instruction, args in dockerfile_instructions() if instruction == "FROM"]
+    assert base == f"apache/airflow:{airflow_version}-python{python_version}", (
+        f"Dockerfile: FROM {base}; constraints.txt pins apache-airflow=={airflow_version}, "
+        f"pyproject.toml requires Python {python_version}"
+    )
+    for name, service in services().items():
+        if "build" in service:
+            tag = service["image"].rsplit(":", 1)[-1]
+            assert tag == airflow_version, (
+                f"service {name}: image {service['image']} (built), tag != {airflow_version}"
+            )
+
+
+def test_image_installs_the_locked_requirements_from_a_minimal_context() -> None:
+    instructions = dockerfile_instructions()
+    installs = [args for instruction, args in instructions if instruction == "RUN" and "pip install" in args]
+    assert any(
+        re.search(r"-r \S*requirements\.txt", args) and re.search(r"-c \S*constraints\.txt", args)
+        for args in installs
+    ), f"Dockerfile: no `pip install -r requirements.txt -c constraints.txt` (found {installs})"
+    for instruction, args in instructions:
+        if instruction in ("COPY", "ADD"):
+            *sources, _destination = [part for part in args.split() if not part.startswith("--")]
+            for source in sources:
+                assert (REPO_ROOT / source).exists(), f"Dockerfile: {instruction} {source}: no such file"
+                assert not dockerignored(source), (
+                    f"Dockerfile: {instruction} {source}: excluded by .dockerignore"
+                )
+    for private in (".env", ".local", ".venv"):
+        assert dockerignored(private), f".dockerignore lets {private} into the build context"
+
+
+# --- names the installed Airflow must know ----------------------------------------------------------
+
+
+def test_job_check_healthchecks_name_job_types_airflow_knows() -> None:
+    from airflow.cli.cli_config import ARG_JOB_TYPE_FILTER
+
+    checked = 0
+    for name, service in services().items():
+        test = as_list((service.get("healthcheck") or {}).get("test"))
+        if "--job-type" in test:
+            job_type = test[test.index("--job-type") + 1]
+            assert job_type in ARG_JOB_TYPE_FILTER.kwargs["choices"], f"service {name}: job type {job_type!r}"
+            assert "--local" in test, f"service {name}: `jobs check` without --local passes on any host's job"
+            checked += 1
+    assert checked, "docker-compose.yaml: no `airflow jobs check` healthcheck"
+
+
+def test_component_healthchecks_use_the_ports_airflow_listens_on() -> None:
+    from airflow.configuration import conf
+
+    listening = {
+        ("scheduler",): conf.get_default_value("scheduler", "scheduler_health_check_server_port"),
+        ("celery", "flower"): conf.get_default_value("celery", "flower_port"),
+        ("api-server",): conf.get_default_value("api", "port"),
+    }
+    for command, port in listening.items():
+        (name,) = [n for n, s in services().items() if tuple(as_list(s.get("command"))) == command]
+        assert url_port(healthcheck_url(services()[name])) == int(port), (
+            f"service {name}: healthcheck.test does not use port {port}"
+        )
+    (scheduler,) = [n for n, s in services().items() if as_list(s.get("command")) == ["scheduler"]]
+    assert environment(services()[scheduler]).get("AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK") == "true", (
+        f"service {scheduler}: environment.AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK must be true for port 8974"
+    )
+
+
+def test_worker_healthcheck_pings_the_celery_app_airflow_provides() -> None:
+    (worker,) = [n for n, s in services().items() if as_list(s.get("command")) == ["celery", "worker"]]
+    test = " ".join(as_list(services()[worker]["healthcheck"]["test"]))
+    app_path = re.search(r"--app (\S+)", test)[1]
+    module_name, _, attribute = app_path.rpartition(".")
+    app = getattr(importlib.import_module(module_name), attribute)
+    assert app.main, f"service {worker}: healthcheck.test: {app_path} is not a Celery app"
+
+
+# --- airflow-init -----------------------------------------------------------------------------------
+
+
+def init_script() -> tuple[str, list[str]]:
+    (name,) = [n for n, s in services().items() if is_one_shot(s) and n.startswith("airflow-")]
+    command = as_list(services()[name]["command"])
+    assert command[:2] == ["bash", "-c"], f"service {name}: command is not bash -c SCRIPT"
+    assert len(command) == 3, f"service {name}: command is not bash -c SCRIPT"
+    return name, command
+
+
+def run_init_script(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    _, command = init_script()
+    # No `airflow` on this PATH: a script that gets past its guard stops at `airflow db migrate`.
+    return subprocess.run(
+        command, env={"PATH": "/usr/bin:/bin", **env}, capture_output=True, text=True, timeout=30
+    )
+
+
+def test_init_refuses_to_start_with_the_placeholders_of_env_example() -> None:
+    example = env_example()
+    result = run_init_script(example)
+    assert result.returncode == 1, f"{init_script()[0]}: started with placeholders: {result.stderr}"
+    named = set(result.stderr.split())
+    assert {name for name, value in example.items() if PLACEHOLDER in value} <= named, result.stderr
+
+
+def test_init_runs_the_migration_once_every_placeholder_is_replaced() -> None:
+    filled = {
+        name: value.replace(PLACEHOLDER, secrets.token_urlsafe(16)) for name, value in env_example().items()
+    }
+    result = run_init_script(filled)
+    assert PLACEHOLDER not in result.stderr, result.stderr
+    # Exit 127 from the first step after the guard: the script went on to migrate.
+    assert "airflow: command not found" in result.stderr, f"{init_script()[0]}: {result.stderr}"
+    assert result.returncode == 127, f"{init_script()[0]}: exit {result.returncode}: {result.stderr}"
