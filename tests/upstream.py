@@ -59,6 +59,10 @@ class Upstream:
     def requests_to(self, path: str) -> int:
         return self.stats()["paths"].get(path, 0)
 
+    def alerts(self) -> list[Any]:
+        """The alerts POSTed to this server's /alerts inbox, oldest first."""
+        return self._control("GET", "/alerts")["alerts"]
+
     def page_requests(self, path: str) -> dict[int, int]:
         """How many requests each page position of `path` received."""
         return {int(page): n for page, n in self.stats()["pages"].get(path, {}).items()}

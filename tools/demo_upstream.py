@@ -20,6 +20,8 @@ Control:
     POST /_faults   {"rules": [...]} replaces the fault plan (see FaultRule); GET /_faults shows it
     GET  /_stats    request counts per path and per (path, page position), TCP connections accepted
     POST /_reset    clears faults and stats
+Alert inbox (the default `alerts_webhook` target of `make run`, so alerts are visible offline):
+    POST /alerts    stores the JSON body, no token (a webhook receiver); GET /alerts lists them (token)
 Faults are count-based, so a test knows exactly which request fails. A rule matches a data path
 (`path`, any if omitted) and a page position (`page`, 1-based in the result, any if omitted): page
 number for page/link styles, offset // limit + 1 for offset/cursor.
@@ -517,6 +519,8 @@ class DemoServer(ThreadingHTTPServer):
         self.volumes = volumes
         self.faults = Faults()
         self.stats = Stats()
+        self.alerts: list[Any] = []
+        self.alerts_lock = threading.Lock()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that timed out or hung up is business as usual here, not a traceback.
@@ -571,6 +575,9 @@ class Handler(BaseHTTPRequestHandler):
             self._send_json(200, self.server.stats.snapshot())
         elif path == "/_faults":
             self._send_json(200, {"rules": self.server.faults.describe()})
+        elif path == "/alerts":
+            with self.server.alerts_lock:
+                self._send_json(200, {"alerts": list(self.server.alerts)})
         elif invalid is not None:
             raise invalid
         elif query is None:
@@ -579,8 +586,11 @@ class Handler(BaseHTTPRequestHandler):
             self._serve_page(path, query)
 
     def _post(self, path: str, raw_query: str) -> None:
-        self._authorize()
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if path == "/alerts":
+            self._receive_alert(body)
+            return
+        self._authorize()
         if path == "/_faults":
             try:
                 plan = FaultPlan.model_validate_json(body or b"{}")
@@ -594,6 +604,16 @@ class Handler(BaseHTTPRequestHandler):
             self._send_json(200, {"status": "reset"})
         else:
             raise RequestError(404, f"no such path: {path}")
+
+    def _receive_alert(self, body: bytes) -> None:
+        try:
+            alert = json.loads(body)
+        except json.JSONDecodeError as error:
+            raise RequestError(400, f"an alert must be a JSON document: {error}") from None
+        with self.server.alerts_lock:
+            self.server.alerts.append(alert)
+        print(f"alert received: {json.dumps(alert)[:500]}", file=sys.stderr, flush=True)
+        self._send_json(200, {"status": "received"})
 
     def _authorize(self) -> None:
         expected = f"Bearer {self.server.token}".encode()

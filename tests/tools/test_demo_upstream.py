@@ -270,3 +270,13 @@ def test_the_token_is_required_to_start() -> None:
     )
     assert result.returncode == 2
     assert "DEMO_API_TOKEN" in result.stderr
+
+
+def test_the_alert_inbox_takes_webhooks_without_a_token_and_lists_them(upstream: Upstream) -> None:
+    before = len(upstream.alerts())
+    posted = requests.post(f"{upstream.url}/alerts", json={"kind": "task_failed", "dag_id": "d"}, timeout=5)
+    garbage = requests.post(f"{upstream.url}/alerts", data=b"not json", timeout=5)
+
+    assert (posted.status_code, garbage.status_code) == (200, 400)
+    assert upstream.alerts()[before:] == [{"kind": "task_failed", "dag_id": "d"}]
+    assert requests.get(f"{upstream.url}/alerts", timeout=5).status_code == 401
