@@ -34,6 +34,8 @@ SUPERVISOR_PID = RUN_DIR / "stack.pid"
 GENERATED_ENV = LOCAL_DIR / "generated.env"
 # Secrets the stack needs that a fresh laptop does not have: generated once, kept in .local (0600).
 GENERATED_SECRETS = ("DEMO_API_TOKEN",)
+# What .env.example holds where a real secret must go.
+ENV_PLACEHOLDER = "change-me"
 
 
 class StackError(RuntimeError):
@@ -190,6 +192,12 @@ def load_env_files() -> None:
     for path in (REPO_ROOT / ".env", GENERATED_ENV):
         if path.exists():
             values.update(dotenv_values(path))
+    placeholders = sorted(k for k, v in values.items() if v == ENV_PLACEHOLDER and k not in os.environ)
+    if placeholders:
+        raise StackError(
+            f"{REPO_ROOT / '.env'} still has the placeholder {ENV_PLACEHOLDER!r} for {placeholders}: "
+            "fill them in (see the comments in .env.example) or delete those lines to use the defaults"
+        )
     for key, value in values.items():
         if value is not None:
             os.environ.setdefault(key, value)
@@ -258,6 +266,7 @@ def run() -> int:
     extra_env = {
         **warehouse_env(server),
         "DEMO_API_URL": os.environ.get("DEMO_API_URL", f"http://127.0.0.1:{demo_port}"),
+        "ALERTS_WEBHOOK_URL": os.environ.get("ALERTS_WEBHOOK_URL", f"http://127.0.0.1:{demo_port}/alerts"),
     }
     stack = AirflowStack(
         airflow_home=LOCAL_DIR / "airflow",
