@@ -35,9 +35,10 @@ def airflow_env(
         "AIRFLOW__API__BASE_URL": f"http://localhost:{api_port}",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://localhost:{api_port}/execution/",
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(airflow_home / "logs"),
-        # airflow_local_settings.py (cluster policies) lives in the repo's config/ folder.
+        # config/ holds airflow_local_settings.py (cluster policies); the repo root makes `include`
+        # (record contracts) importable, as PYTHONPATH=/opt/airflow does in docker-compose.yaml.
         "PYTHONPATH": os.pathsep.join(
-            p for p in (str(REPO_ROOT / "config"), os.environ.get("PYTHONPATH", "")) if p
+            p for p in (str(REPO_ROOT / "config"), str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p
         ),
     }
     env.update(extra or {})
