@@ -1,0 +1,173 @@
+"""Records checked against their source's contract; the ones that fail are quarantined, not dropped.
+
+A contract is a pydantic model in include/contracts/ (one module per source). `validate_records` turns
+a page of raw records into rows (tuples in the target's column order) and rejects (the record as
+received, its position, and pydantic's error text). Rejects land in table `batch_meta.quarantine` of
+the warehouse, in the same transaction as the page's staged rows and checkpoint (batchkit.sync).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from operator import attrgetter
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from pydantic import BaseModel, ValidationError
+
+from batchkit.checkpoints import INTERVAL_KEY_MATCH, RunIdentity
+from batchkit.sql_files import apply_sql_file
+
+QUARANTINE_DDL = "sql/batch_meta/quarantine.sql"
+_QUARANTINE_COLUMNS = (
+    "dag_id, task_id, run_id, interval_start, interval_end, source, "
+    "page_number, record_index, payload, payload_text, error"
+)
+
+
+@dataclass(frozen=True)
+class RecordContract:
+    """A source's name (as recorded in quarantine) and the model every one of its records must fit."""
+
+    source: str
+    model: type[BaseModel]
+
+
+@dataclass(frozen=True)
+class Rejected:
+    index: int
+    payload: Any
+    error: str
+
+
+@dataclass(frozen=True)
+class ValidatedPage:
+    rows: list[tuple[Any, ...]]
+    rejected: list[Rejected]
+
+
+RowRule = Callable[[tuple[Any, ...]], str | None]
+
+
+def validate_records(
+    contract: RecordContract,
+    records: Sequence[Any],
+    columns: Sequence[str],
+    *,
+    row_rule: RowRule | None = None,
+) -> ValidatedPage:
+    """Split `records` into rows of `columns` (model fields) and rejects.
+
+    `row_rule` is an extra check on a valid row (e.g. "inside the interval being replaced"): it returns
+    the reason to reject the row, or None to keep it.
+    """
+    fields = contract.model.model_fields
+    if missing := [column for column in columns if column not in fields]:
+        raise ValueError(
+            f"contract {contract.model.__module__}.{contract.model.__name__} has no field(s) {missing} "
+            f"for target columns {list(columns)}"
+        )
+    pick = attrgetter(*columns)
+    as_row = (lambda model: (pick(model),)) if len(columns) == 1 else pick
+    rows: list[tuple[Any, ...]] = []
+    rejected: list[Rejected] = []
+    for index, record in enumerate(records):
+        try:
+            model = contract.model.model_validate(record)
+        except ValidationError as exc:
+            rejected.append(Rejected(index, record, validation_error_text(exc)))
+            continue
+        row = as_row(model)
+        reason = row_rule(row) if row_rule is not None else None
+        if reason is None:
+            rows.append(row)
+        else:
+            rejected.append(Rejected(index, record, reason))
+    return ValidatedPage(rows=rows, rejected=rejected)
+
+
+def validation_error_text(exc: ValidationError) -> str:
+    """pydantic's errors on one line each, without the input echo and documentation links."""
+    details = "; ".join(
+        f"{'.'.join(str(part) for part in error['loc']) or '<record>'}: {error['msg']} [type={error['type']}]"
+        for error in exc.errors(include_url=False, include_input=False)
+    )
+    return f"{exc.error_count()} validation error(s) for {exc.title}: {details}"
+
+
+def ensure_quarantine(conn: psycopg.Connection) -> None:
+    apply_sql_file(conn, QUARANTINE_DDL)
+
+
+def quarantine_records(
+    conn: psycopg.Connection,
+    identity: RunIdentity,
+    source: str,
+    page_number: int,
+    rejected: Sequence[Rejected],
+) -> int:
+    """Insert one page's rejects (in the caller's transaction); returns how many."""
+    if not rejected:
+        return 0
+    with (
+        conn.cursor() as cur,
+        cur.copy(f"COPY batch_meta.quarantine ({_QUARANTINE_COLUMNS}) FROM STDIN") as copy,
+    ):
+        for reject in rejected:
+            payload, payload_text = _payload_columns(reject.payload)
+            copy.write_row(
+                (
+                    identity.dag_id,
+                    identity.task_id,
+                    identity.run_id,
+                    identity.interval.start,
+                    identity.interval.end,
+                    source,
+                    page_number,
+                    reject.index,
+                    payload,
+                    payload_text,
+                    _storable_text(reject.error),
+                )
+            )
+    return len(rejected)
+
+
+def count_quarantined(conn: psycopg.Connection, identity: RunIdentity) -> int:
+    return conn.execute(
+        sql.SQL("SELECT count(*) FROM batch_meta.quarantine WHERE {}").format(INTERVAL_KEY_MATCH),
+        identity.key(),
+    ).fetchone()[0]
+
+
+def clear_quarantine(conn: psycopg.Connection, identity: RunIdentity) -> int:
+    """Delete the interval's quarantined records of this dag/task (a fresh run re-validates them)."""
+    return conn.execute(
+        sql.SQL("DELETE FROM batch_meta.quarantine WHERE {}").format(INTERVAL_KEY_MATCH), identity.key()
+    ).rowcount
+
+
+def _payload_columns(record: Any) -> tuple[str | None, str | None]:
+    """(payload jsonb, payload_text): a JSON object Postgres accepts as jsonb, else the record's text."""
+    if isinstance(record, Mapping):
+        try:
+            text = json.dumps(record, allow_nan=False)
+        except (TypeError, ValueError):
+            pass
+        else:
+            # jsonb rejects the NUL escape; such a record is kept as text instead.
+            if "\\u0000" not in text:
+                return text, None
+    try:
+        text = json.dumps(record)
+    except (TypeError, ValueError):
+        text = repr(record)
+    return None, _storable_text(text)
+
+
+def _storable_text(text: str) -> str:
+    """Postgres text cannot hold NUL characters; keep them visible as an escape."""
+    return text.replace("\x00", "\\x00")

@@ -1,0 +1,401 @@
+"""Sync one data interval from a paged source into a warehouse table, resumably and idempotently.
+
+`sync_interval` is a plain function (no Airflow context): the operator hands it a connection, the
+target, the contract, who is running which interval, and a page fetcher. What it guarantees:
+
+- Every page commits in ONE transaction: its valid rows COPYed into the run's staging table, its
+  rejects into batch_meta.quarantine, and the checkpoint (pages done, counters, the source's state for
+  the next page). A killed process resumes exactly after the last committed page: the fetcher is asked
+  for (that page's next_state, pages_done) and page numbering continues.
+- After the last page, the counters are reconciled (received = staged + quarantined, and both match
+  what the staging and quarantine tables hold), the quarantine ratio is checked, and ONE transaction
+  merges staging into the target, marks the checkpoint 'complete' and drops staging.
+- A run over an interval whose checkpoint is 'complete' or 'rejected' (a backfill with reprocess, a
+  clear) starts clean: checkpoint reset, leftover staging dropped, the interval's quarantine rows for
+  this dag/task deleted; the merge then replaces the interval's data (upsert by key, or delete+insert
+  of the partition), so loading an interval twice leaves the table exactly as loading it once.
+- Too many rejects fail the task WITHOUT retry (AirflowFailException): retrying re-reads the same bad
+  data. The check runs once all pages are in, because the total is unknown before: an early page full
+  of bad records can still be diluted by the pages after it, so no earlier point is "hopeless".
+- `dry_run=True` fetches and validates every page and logs what it would write, and writes nothing:
+  no DDL, no staging, no checkpoint, no quarantine, no target change.
+
+One sync per interval at a time: a session advisory lock on the interval refuses a second concurrent
+run (a zombie try) instead of letting two writers interleave pages. Runs of different intervals share
+nothing but the target, where their merges only contend for rows with common keys.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Any
+
+import psycopg
+from airflow.sdk.exceptions import AirflowFailException
+
+from batchkit.checkpoints import (
+    Checkpoint,
+    CheckpointState,
+    RunIdentity,
+    ensure_checkpoints,
+    finish_checkpoint,
+    read_checkpoint,
+    record_page,
+    start_checkpoint,
+)
+from batchkit.contracts import (
+    RecordContract,
+    RowRule,
+    clear_quarantine,
+    count_quarantined,
+    ensure_quarantine,
+    quarantine_records,
+    validate_records,
+)
+from batchkit.load.postgres import (
+    MergeMode,
+    Staging,
+    TargetSpec,
+    drop_staging,
+    merge_staging,
+    prepare_staging,
+    stage_rows,
+    staging_row_count,
+    staging_table_name,
+)
+from batchkit.observability import count, get_logger, timing
+from batchkit.pages import Page
+
+__all__ = ["FetchPages", "RunIdentity", "SyncResult", "sync_interval"]
+
+FetchPages = Callable[[Mapping[str, Any] | None, int], Iterable[Page]]
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """Counts for the whole interval (pages committed before a resume included).
+
+    `resumed_from_page` is the first page this run fetched: 1 on a clean start, N+1 after resuming
+    N committed pages. The merge counts are None on a dry run; `key_range` (lowest and highest key
+    that would be written) is set on a dry run only.
+    """
+
+    target: str
+    interval: str
+    dry_run: bool
+    pages: int
+    resumed_from_page: int
+    received: int
+    loaded: int
+    quarantined: int
+    inserted: int | None = None
+    updated: int | None = None
+    deleted: int | None = None
+    key_range: tuple[tuple[Any, ...], tuple[Any, ...]] | None = None
+
+    @property
+    def quarantine_ratio(self) -> float:
+        return self.quarantined / self.received if self.received else 0.0
+
+
+def sync_interval(
+    conn: psycopg.Connection,
+    *,
+    target: TargetSpec,
+    contract: RecordContract,
+    identity: RunIdentity,
+    fetch_pages: FetchPages,
+    dry_run: bool = False,
+    max_quarantine_ratio: float = 0.01,
+) -> SyncResult:
+    """Load `identity.interval` from `fetch_pages` into `target`; see the module docstring.
+
+    `conn` must be in autocommit mode: every page commits its own transaction.
+    """
+    if not 0.0 <= max_quarantine_ratio <= 1.0:
+        raise ValueError(f"max_quarantine_ratio must be within [0, 1], got {max_quarantine_ratio}")
+    bound = log.bind(
+        dag_id=identity.dag_id,
+        task_id=identity.task_id,
+        run_id=identity.run_id,
+        interval=identity.interval.label(),
+        target=target.table,
+        mode=str(target.mode),
+        dry_run=dry_run,
+    )
+    started = time.monotonic()
+    row_rule = _interval_rule(target, identity)
+    if dry_run:
+        result = _dry_run(target, contract, identity, fetch_pages, row_rule, bound)
+        _check_quarantine_ratio(result, max_quarantine_ratio, identity, on_fail=lambda: None)
+        return result
+
+    if not conn.autocommit:
+        raise ValueError("sync_interval needs an autocommit connection: it commits each page itself")
+    ensure_checkpoints(conn)
+    ensure_quarantine(conn)
+    staging = prepare_staging(conn, target, identity.scope())
+    with _interval_lock(conn, identity):
+        checkpoint = _resume_or_start(conn, identity, staging, bound)
+        resumed_from_page = checkpoint.pages_done + 1
+        if not checkpoint.source_exhausted:
+            for page in fetch_pages(checkpoint.next_state, checkpoint.pages_done):
+                checkpoint = _commit_page(
+                    conn, identity, contract, staging, page, checkpoint, row_rule, bound
+                )
+
+        result = SyncResult(
+            target=target.table,
+            interval=identity.interval.label(),
+            dry_run=False,
+            pages=checkpoint.pages_done,
+            resumed_from_page=resumed_from_page,
+            received=checkpoint.rows_received,
+            loaded=checkpoint.rows_staged,
+            quarantined=checkpoint.rows_quarantined,
+        )
+        _reconcile(conn, identity, staging, checkpoint)
+        _check_quarantine_ratio(
+            result, max_quarantine_ratio, identity, on_fail=lambda: _reject(conn, identity, staging)
+        )
+        with conn.transaction():
+            merged = merge_staging(conn, staging, (identity.interval.start, identity.interval.end))
+            finish_checkpoint(
+                conn,
+                identity,
+                CheckpointState.COMPLETE,
+                inserted=merged.inserted,
+                updated=merged.updated,
+                deleted=merged.deleted,
+            )
+
+    result = replace(result, inserted=merged.inserted, updated=merged.updated, deleted=merged.deleted)
+    duration = time.monotonic() - started
+    tags = {"dag_id": identity.dag_id, "task_id": identity.task_id, "target": target.table}
+    count("rows_loaded", result.loaded, **tags)
+    timing("sync_duration", duration, **tags)
+    bound.info(
+        "sync_merged",
+        pages=result.pages,
+        resumed_from_page=resumed_from_page,
+        rows_received=result.received,
+        rows_loaded=result.loaded,
+        rows_quarantined=result.quarantined,
+        rows_inserted=merged.inserted,
+        rows_updated=merged.updated,
+        rows_deleted=merged.deleted,
+        duration_s=round(duration, 3),
+    )
+    return result
+
+
+def _resume_or_start(
+    conn: psycopg.Connection, identity: RunIdentity, staging: Staging, bound: Any
+) -> Checkpoint:
+    """The checkpoint to continue from: the in-progress one if staging still matches it, else a clean one."""
+    with conn.transaction():
+        checkpoint = read_checkpoint(conn, identity)
+        if checkpoint is not None and checkpoint.state is CheckpointState.IN_PROGRESS:
+            staged = staging_row_count(conn, staging) or 0
+            if staged == checkpoint.rows_staged:
+                bound.info(
+                    "sync_resuming",
+                    pages_done=checkpoint.pages_done,
+                    rows_staged=checkpoint.rows_staged,
+                    previous_run_id=checkpoint.run_id,
+                )
+                return checkpoint
+            # Unlogged staging is emptied by a server crash; the pages it lost must be fetched again.
+            bound.warning(
+                "sync_restarting_interval",
+                reason="staging does not match checkpoint",
+                staging_rows=staged,
+                checkpoint_rows_staged=checkpoint.rows_staged,
+            )
+        elif checkpoint is not None:
+            bound.info("sync_restarting_interval", reason=f"previous run ended {checkpoint.state}")
+        drop_staging(conn, staging)
+        cleared = clear_quarantine(conn, identity)
+        if cleared:
+            bound.info("sync_quarantine_cleared", rows=cleared)
+        return start_checkpoint(conn, identity)
+
+
+def _commit_page(
+    conn: psycopg.Connection,
+    identity: RunIdentity,
+    contract: RecordContract,
+    staging: Staging,
+    page: Page,
+    checkpoint: Checkpoint,
+    row_rule: RowRule | None,
+    bound: Any,
+) -> Checkpoint:
+    _check_page_order(page, checkpoint.pages_done, source_exhausted=checkpoint.source_exhausted)
+    validated = validate_records(contract, page.records, staging.target.columns, row_rule=row_rule)
+    with conn.transaction():
+        staged = stage_rows(conn, staging, validated.rows)
+        quarantined = quarantine_records(conn, identity, contract.source, page.number, validated.rejected)
+        checkpoint = record_page(
+            conn,
+            identity,
+            page_number=page.number,
+            received=len(page.records),
+            staged=staged,
+            quarantined=quarantined,
+            next_state=page.next_state,
+        )
+    if quarantined:
+        count("rows_quarantined", quarantined, dag_id=identity.dag_id, target=staging.target.table)
+    bound.info(
+        "sync_page_committed",
+        page=page.number,
+        rows=len(page.records),
+        rows_staged=staged,
+        rows_quarantined=quarantined,
+        last_page=page.next_state is None,
+    )
+    return checkpoint
+
+
+def _check_page_order(page: Page, pages_done: int, *, source_exhausted: bool) -> None:
+    if source_exhausted:
+        raise ValueError(f"source returned page {page.number} after its last page {pages_done}")
+    if page.number != pages_done + 1:
+        raise ValueError(
+            f"source returned page {page.number}, expected page {pages_done + 1} "
+            f"(after {pages_done} pages already done)"
+        )
+
+
+def _reconcile(
+    conn: psycopg.Connection, identity: RunIdentity, staging: Staging, checkpoint: Checkpoint
+) -> None:
+    """Received = staged + quarantined, and the tables hold what the checkpoint counted."""
+    with conn.transaction():
+        staged = staging_row_count(conn, staging) or 0
+        quarantined = count_quarantined(conn, identity)
+    counted = (checkpoint.rows_received, checkpoint.rows_staged, checkpoint.rows_quarantined)
+    if checkpoint.rows_received == staged + quarantined and (staged, quarantined) == counted[1:]:
+        return
+    _reject(conn, identity, staging)
+    raise AirflowFailException(
+        f"{identity.scope()}: rows do not reconcile: checkpoint counted received={counted[0]} "
+        f"staged={counted[1]} quarantined={counted[2]}, but staging holds {staged} and quarantine holds "
+        f"{quarantined} rows; nothing was merged, the next run starts the interval over"
+    )
+
+
+def _check_quarantine_ratio(
+    result: SyncResult, max_ratio: float, identity: RunIdentity, on_fail: Callable[[], None]
+) -> None:
+    if result.quarantine_ratio <= max_ratio:
+        return
+    on_fail()
+    what = "dry run: a real run would fail" if result.dry_run else "nothing was merged"
+    raise AirflowFailException(
+        f"{identity.scope()}: {result.quarantined} of {result.received} records quarantined "
+        f"({result.quarantine_ratio:.2%}), above the threshold max_quarantine_ratio={max_ratio:.2%}; "
+        f"{what}. See batch_meta.quarantine for the records and errors."
+    )
+
+
+def _reject(conn: psycopg.Connection, identity: RunIdentity, staging: Staging) -> None:
+    """Stop the interval: staging dropped, checkpoint 'rejected' (quarantine kept as the evidence)."""
+    with conn.transaction():
+        drop_staging(conn, staging)
+        finish_checkpoint(conn, identity, CheckpointState.REJECTED)
+
+
+def _interval_rule(target: TargetSpec, identity: RunIdentity) -> RowRule | None:
+    """In replace_interval mode a row must lie inside the interval it replaces, or a reload could not undo it."""
+    if target.mode is not MergeMode.REPLACE_INTERVAL:
+        return None
+    position, column = target.interval_column_index, target.interval_column
+    start, end = identity.interval.start, identity.interval.end
+
+    def inside_interval(row: tuple[Any, ...]) -> str | None:
+        value = row[position]
+        if start <= value < end:
+            return None
+        return (
+            f"{column} {value.isoformat()} is outside the interval being replaced {identity.interval.label()}"
+        )
+
+    return inside_interval
+
+
+def _dry_run(
+    target: TargetSpec,
+    contract: RecordContract,
+    identity: RunIdentity,
+    fetch_pages: FetchPages,
+    row_rule: RowRule | None,
+    bound: Any,
+) -> SyncResult:
+    key_positions = [target.columns.index(column) for column in target.key]
+    pages = received = loaded = quarantined = 0
+    lowest = highest = None
+    source_exhausted = False
+    for page in fetch_pages(None, 0):
+        _check_page_order(page, pages, source_exhausted=source_exhausted)
+        validated = validate_records(contract, page.records, target.columns, row_rule=row_rule)
+        for row in validated.rows:
+            key = tuple(row[position] for position in key_positions)
+            lowest = key if lowest is None or key < lowest else lowest
+            highest = key if highest is None or key > highest else highest
+        pages, received = page.number, received + len(page.records)
+        loaded, quarantined = loaded + len(validated.rows), quarantined + len(validated.rejected)
+        source_exhausted = page.next_state is None
+        bound.info(
+            "sync_page_validated",
+            page=page.number,
+            rows=len(page.records),
+            rows_valid=len(validated.rows),
+            rows_rejected=len(validated.rejected),
+        )
+    result = SyncResult(
+        target=target.table,
+        interval=identity.interval.label(),
+        dry_run=True,
+        pages=pages,
+        resumed_from_page=1,
+        received=received,
+        loaded=loaded,
+        quarantined=quarantined,
+        key_range=(lowest, highest) if lowest is not None and target.key else None,
+    )
+    bound.info(
+        "sync_dry_run_would_write",
+        pages=pages,
+        rows_received=received,
+        rows_to_load=loaded,
+        rows_to_quarantine=quarantined,
+        key_columns=list(target.key),
+        key_min=lowest,
+        key_max=highest,
+        staging_table=staging_table_name(target, identity.scope()),
+        replaces_interval=target.mode is MergeMode.REPLACE_INTERVAL,
+    )
+    return result
+
+
+@contextmanager
+def _interval_lock(conn: psycopg.Connection, identity: RunIdentity) -> Iterator[None]:
+    """A session advisory lock on the interval; a killed holder's lock goes with its connection."""
+    lock_key = f"batchkit:sync:{identity.scope()}"
+    acquired = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (lock_key,)).fetchone()[0]
+    if not acquired:
+        raise RuntimeError(
+            f"another run is syncing {identity.scope()} right now; refusing to interleave with it"
+        )
+    try:
+        yield
+    finally:
+        if not conn.closed:
+            conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (lock_key,))

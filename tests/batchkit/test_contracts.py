@@ -1,0 +1,155 @@
+"""Contracts (include/contracts) and the quarantine table, against the session's real warehouse."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import psycopg
+import pytest
+
+from batchkit.checkpoints import RunIdentity
+from batchkit.contracts import (
+    Rejected,
+    clear_quarantine,
+    count_quarantined,
+    ensure_quarantine,
+    quarantine_records,
+    validate_records,
+)
+from batchkit.intervals import DataInterval
+from include.contracts.customers import CONTRACT as CUSTOMERS
+from include.contracts.customers import TARGET as CUSTOMERS_TARGET
+from include.contracts.orders import CONTRACT as ORDERS
+from include.contracts.orders import TARGET as ORDERS_TARGET
+
+GOOD_ORDER = {
+    "order_id": 1,
+    "customer_id": 7,
+    "order_ts": "2024-05-01T10:00:00Z",
+    "updated_at": "2024-05-01T13:00:00+02:00",
+    "amount": "12.50",
+    "status": "paid",
+}
+
+
+def test_a_valid_record_becomes_a_row_in_target_column_order() -> None:
+    page = validate_records(ORDERS, [{**GOOD_ORDER, "coupon": "SPRING"}], ORDERS_TARGET.columns)
+    assert page.rejected == []
+    assert page.rows == [
+        (
+            1,
+            7,
+            datetime(2024, 5, 1, 10, tzinfo=UTC),
+            datetime(2024, 5, 1, 11, tzinfo=UTC),
+            Decimal("12.50"),
+            "paid",
+        )
+    ]
+    assert ORDERS_TARGET.columns == ("order_id", "customer_id", "order_ts", "updated_at", "amount", "status")
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"order_id": "1"}, "order_id: Input should be a valid integer [type=int_type]"),
+        ({"order_id": True}, "order_id: Input should be a valid integer [type=int_type]"),
+        ({"order_id": 0}, "order_id: Input should be greater than or equal to 1"),
+        ({"amount": "12.505"}, "amount: Decimal input should have no more than 2 decimal places"),
+        ({"amount": "NaN"}, "amount: Input should be a finite number"),
+        ({"order_ts": "2024-05-01T10:00:00"}, "order_ts: Input should have timezone info"),
+        ({"order_ts": 1714557600}, "order_ts: Value error, expected an ISO 8601 timestamp string"),
+        ({"status": "PAID"}, "status: String should match pattern"),
+        ({"status": None}, "status: Input should be a valid string"),
+        (
+            {"updated_at": "2024-04-30T00:00:00Z"},
+            "<record>: Value error, updated_at 2024-04-30T00:00:00+00:00",
+        ),
+    ],
+)
+def test_contract_violations_are_rejected_with_pydantic_error_text(change: dict, error: str) -> None:
+    record = {**GOOD_ORDER, **change}
+    page = validate_records(ORDERS, [record], ORDERS_TARGET.columns)
+    assert page.rows == []
+    assert page.rejected[0].payload == record
+    assert page.rejected[0].error.startswith("1 validation error(s) for Order: ")
+    assert error in page.rejected[0].error
+
+
+def test_missing_fields_and_non_objects_are_rejected_at_their_index() -> None:
+    page = validate_records(
+        ORDERS, [GOOD_ORDER, {"order_id": 2}, "garbage", [1, 2], None], ORDERS_TARGET.columns
+    )
+    assert len(page.rows) == 1
+    assert [reject.index for reject in page.rejected] == [1, 2, 3, 4]
+    assert "status: Field required [type=missing]" in page.rejected[0].error
+    assert "<record>: Input should be a valid dictionary or instance of Order" in page.rejected[1].error
+
+
+def test_customers_contract() -> None:
+    good = {
+        "customer_id": 7,
+        "email": "ada@example.com",
+        "full_name": "Ada L.",
+        "country_code": "GB",
+        "created_at": "2020-01-01T00:00:00Z",
+        "updated_at": "2024-05-01T00:00:00Z",
+    }
+    bad = [{**good, "email": "no-at-sign"}, {**good, "full_name": "Ada\x00"}, {**good, "country_code": "gb"}]
+    page = validate_records(CUSTOMERS, [good, *bad], CUSTOMERS_TARGET.columns)
+    assert [row[0] for row in page.rows] == [7]
+    assert [reject.error.split(": ")[1] for reject in page.rejected] == ["email", "full_name", "country_code"]
+
+
+def test_a_target_column_the_contract_lacks_is_a_clear_error() -> None:
+    with pytest.raises(
+        ValueError, match=r"contract include\.contracts\.orders\.Order has no field\(s\) \['discount'\]"
+    ):
+        validate_records(ORDERS, [GOOD_ORDER], (*ORDERS_TARGET.columns, "discount"))
+
+
+def test_row_rule_rejects_valid_rows_with_its_reason() -> None:
+    page = validate_records(
+        ORDERS,
+        [GOOD_ORDER, {**GOOD_ORDER, "order_id": 2}],
+        ORDERS_TARGET.columns,
+        row_rule=lambda row: "odd order" if row[0] % 2 else None,
+    )
+    assert [row[0] for row in page.rows] == [2]
+    assert page.rejected == [Rejected(0, GOOD_ORDER, "odd order")]
+
+
+def test_quarantine_keeps_objects_as_jsonb_and_anything_else_as_text(warehouse: psycopg.Connection) -> None:
+    ensure_quarantine(warehouse)
+    start = datetime(2024, 5, 1, tzinfo=UTC)
+    identity = RunIdentity(
+        f"dag_{uuid.uuid4().hex[:8]}", "load", "run-1", DataInterval(start, start + timedelta(days=1))
+    )
+    rejected = [
+        Rejected(0, {"order_id": "x", "note": "ünïcode"}, "e0"),
+        Rejected(1, "garbage", "e1"),
+        Rejected(2, {"amount": float("nan")}, "e2"),
+        Rejected(3, {"status": "pa\x00id"}, "e3 \x00"),
+        Rejected(4, [1, 2], "e4"),
+    ]
+    with warehouse.transaction():
+        assert quarantine_records(warehouse, identity, "orders", 3, rejected) == 5
+
+    stored = warehouse.execute(
+        "SELECT record_index, page_number, source, payload, payload_text, error FROM batch_meta.quarantine "
+        "WHERE dag_id = %s ORDER BY record_index",
+        (identity.dag_id,),
+    ).fetchall()
+    assert stored == [
+        (0, 3, "orders", {"order_id": "x", "note": "ünïcode"}, None, "e0"),
+        (1, 3, "orders", None, '"garbage"', "e1"),
+        (2, 3, "orders", None, '{"amount": NaN}', "e2"),
+        (3, 3, "orders", None, '{"status": "pa\\u0000id"}', "e3 \\x00"),
+        (4, 3, "orders", None, "[1, 2]", "e4"),
+    ]
+    assert count_quarantined(warehouse, identity) == 5
+    other_task = RunIdentity(identity.dag_id, "other_task", "run-1", identity.interval)
+    assert clear_quarantine(warehouse, other_task) == 0
+    assert clear_quarantine(warehouse, identity) == 5
+    assert count_quarantined(warehouse, identity) == 0

@@ -1,0 +1,460 @@
+"""batchkit.sync.sync_interval end to end against the session's real warehouse database."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from airflow.sdk.exceptions import AirflowFailException
+
+from batchkit.checkpoints import RunIdentity
+from batchkit.intervals import DataInterval
+from batchkit.load.postgres import MergeMode, staging_table_name
+from batchkit.pages import Page
+from batchkit.sync import sync_interval
+from include.contracts.orders import CONTRACT, TARGET
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DAY_1 = DataInterval(datetime(2024, 5, 1, tzinfo=UTC), datetime(2024, 5, 2, tzinfo=UTC))
+DAY_2 = DataInterval(datetime(2024, 5, 2, tzinfo=UTC), datetime(2024, 5, 3, tzinfo=UTC))
+BY_ORDER_DAY = dataclasses.replace(TARGET, mode=MergeMode.REPLACE_INTERVAL, interval_column="order_ts")
+
+
+def order(order_id: int, *, day: DataInterval = DAY_1, amount: str = "10.00", status: str = "paid") -> dict:
+    placed = day.start + timedelta(minutes=order_id % 1000)
+    return {
+        "order_id": order_id,
+        "customer_id": 500 + order_id,
+        "order_ts": placed.isoformat(),
+        "updated_at": (placed + timedelta(hours=1)).isoformat(),
+        "amount": amount,
+        "status": status,
+    }
+
+
+class PagedSource:
+    """A paged API stand-in: fixed pages; state {"next_page": n} asks for page n. Records every call."""
+
+    def __init__(
+        self, pages: list[list[Any]], *, kill_after: int | None = None, fail_after: int | None = None
+    ):
+        self.pages = pages
+        self.kill_after = kill_after
+        self.fail_after = fail_after
+        self.calls: list[tuple[Mapping[str, Any] | None, int]] = []
+
+    def __call__(self, resume_state: Mapping[str, Any] | None, pages_done: int) -> Iterator[Page]:
+        self.calls.append((resume_state, pages_done))
+        first = resume_state["next_page"] if resume_state else 1
+        for number in range(first, len(self.pages) + 1):
+            # Reached only when the consumer asks for the page after `number - 1`: by then it committed it.
+            if number - 1 == self.kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+            if number - 1 == self.fail_after:
+                raise ConnectionError(f"source went away before page {number}")
+            last = number == len(self.pages)
+            yield Page(number, self.pages[number - 1], None if last else {"next_page": number + 1})
+
+
+def run_identity(dag_id: str, interval: DataInterval = DAY_1, run_id: str = "scheduled__1") -> RunIdentity:
+    return RunIdentity(dag_id=dag_id, task_id="load_orders", run_id=run_id, interval=interval)
+
+
+def sync(conn: psycopg.Connection, identity: RunIdentity, source: PagedSource, **options: Any):
+    options.setdefault("target", TARGET)
+    options.setdefault("max_quarantine_ratio", 0.5)
+    return sync_interval(conn, contract=CONTRACT, identity=identity, fetch_pages=source, **options)
+
+
+def orders(conn: psycopg.Connection) -> list[tuple]:
+    return conn.execute("SELECT order_id, amount, status FROM sales.orders ORDER BY order_id").fetchall()
+
+
+def checksum(conn: psycopg.Connection) -> tuple[int, str]:
+    return conn.execute(
+        "SELECT count(*), md5(coalesce(string_agg(o::text, '|' ORDER BY order_id), '')) FROM sales.orders o"
+    ).fetchone()
+
+
+def checkpoint(conn: psycopg.Connection, identity: RunIdentity) -> tuple | None:
+    return conn.execute(
+        "SELECT state, pages_done, rows_received, rows_staged, rows_quarantined, next_state "
+        "FROM batch_meta.checkpoints WHERE dag_id = %s AND interval_start = %s",
+        (identity.dag_id, identity.interval.start),
+    ).fetchone()
+
+
+def quarantined(conn: psycopg.Connection, identity: RunIdentity) -> list[tuple]:
+    return conn.execute(
+        "SELECT page_number, record_index, run_id FROM batch_meta.quarantine "
+        "WHERE dag_id = %s AND interval_start = %s ORDER BY page_number, record_index",
+        (identity.dag_id, identity.interval.start),
+    ).fetchall()
+
+
+def staging_exists(conn: psycopg.Connection, identity: RunIdentity, target=TARGET) -> bool:
+    name = staging_table_name(target, identity.scope())
+    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()[0]
+
+
+@pytest.fixture
+def dag_id(warehouse: psycopg.Connection) -> str:
+    warehouse.execute("CREATE SCHEMA IF NOT EXISTS sales")
+    warehouse.execute("DROP TABLE IF EXISTS sales.orders")
+    return f"orders_sync_{uuid.uuid4().hex[:8]}"
+
+
+def test_sync_loads_pages_and_records_a_complete_checkpoint(
+    warehouse: psycopg.Connection, dag_id: str
+) -> None:
+    identity = run_identity(dag_id)
+    source = PagedSource([[order(1), order(2)], [order(3), order(2, status="shipped")], []])
+
+    result = sync(warehouse, identity, source)
+
+    assert (result.pages, result.resumed_from_page, result.received, result.loaded, result.quarantined) == (
+        3,
+        1,
+        4,
+        4,
+        0,
+    )
+    assert (result.inserted, result.updated, result.deleted) == (3, 0, 0)
+    assert orders(warehouse) == [
+        (1, Decimal("10.00"), "paid"),
+        (2, Decimal("10.00"), "shipped"),
+        (3, Decimal("10.00"), "paid"),
+    ]
+    assert checkpoint(warehouse, identity) == ("complete", 3, 4, 4, 0, None)
+    assert not staging_exists(warehouse, identity)
+    assert source.calls == [(None, 0)]
+
+
+def test_contract_violations_and_malformed_records_are_quarantined_and_reconcile(
+    warehouse: psycopg.Connection, dag_id: str
+) -> None:
+    identity = run_identity(dag_id)
+    pages = [
+        [order(1), {**order(2), "amount": "ten"}, "not even an object", order(3)],
+        [None, {**order(4), "order_id": "4"}, order(5), [order(6)]],
+    ]
+    result = sync(warehouse, identity, PagedSource(pages), max_quarantine_ratio=0.75)
+
+    assert (result.received, result.loaded, result.quarantined) == (8, 3, 5)
+    assert result.received == result.loaded + result.quarantined
+    assert [row[0] for row in orders(warehouse)] == [1, 3, 5]
+    assert quarantined(warehouse, identity) == [
+        (1, 1, "scheduled__1"),
+        (1, 2, "scheduled__1"),
+        (2, 0, "scheduled__1"),
+        (2, 1, "scheduled__1"),
+        (2, 3, "scheduled__1"),
+    ]
+    assert checkpoint(warehouse, identity)[2:5] == (8, 3, 5)
+    payloads = warehouse.execute(
+        "SELECT payload ->> 'amount', payload_text, error FROM batch_meta.quarantine "
+        "WHERE dag_id = %s ORDER BY page_number, record_index LIMIT 2",
+        (dag_id,),
+    ).fetchall()
+    assert payloads[0][:2] == ("ten", None)
+    assert "amount: Input should be a valid decimal" in payloads[0][2]
+    assert payloads[1][:2] == (None, '"not even an object"')
+
+
+def test_too_many_rejects_fail_without_retry_and_the_next_run_starts_clean(
+    warehouse: psycopg.Connection, dag_id: str
+) -> None:
+    identity = run_identity(dag_id)
+    bad = {"order_id": -1}
+    source = PagedSource(
+        [[order(1), bad, order(2), bad], [order(3), bad, order(4), order(5), order(6), order(7)]]
+    )
+
+    with pytest.raises(AirflowFailException) as failure:
+        sync(warehouse, identity, source, max_quarantine_ratio=0.2)
+
+    message = str(failure.value)
+    assert "3 of 10 records quarantined (30.00%)" in message
+    assert "max_quarantine_ratio=20.00%" in message
+    assert checkpoint(warehouse, identity)[0] == "rejected"
+    assert len(quarantined(warehouse, identity)) == 3
+    assert warehouse.execute("SELECT count(*) FROM sales.orders").fetchone() == (0,)
+    assert not staging_exists(warehouse, identity)
+
+    rerun = run_identity(dag_id, run_id="manual__rerun")
+    result = sync(warehouse, rerun, PagedSource(source.pages), max_quarantine_ratio=0.3)
+    assert (result.resumed_from_page, result.loaded, result.quarantined) == (1, 7, 3)
+    assert {row[2] for row in quarantined(warehouse, identity)} == {"manual__rerun"}
+    assert len(quarantined(warehouse, identity)) == 3
+
+
+def snapshot(conn: psycopg.Connection) -> dict[str, tuple]:
+    """Every table of batch_meta, sales and crm with its row count and a checksum of its rows."""
+    tables = conn.execute(
+        "SELECT schemaname || '.' || tablename FROM pg_tables "
+        "WHERE schemaname IN ('batch_meta', 'sales', 'crm') ORDER BY 1"
+    ).fetchall()
+    state = {}
+    for (table,) in tables:
+        schema, name = table.split(".")
+        state[table] = conn.execute(
+            psycopg.sql.SQL(
+                "SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM {} t"
+            ).format(psycopg.sql.Identifier(schema, name))
+        ).fetchone()
+    return state
+
+
+def test_dry_run_validates_everything_and_writes_nothing(warehouse: psycopg.Connection, dag_id: str) -> None:
+    sync(warehouse, run_identity(dag_id), PagedSource([[order(1), order(2)]]))
+    half_done = run_identity(dag_id, DAY_2)
+    with pytest.raises(ConnectionError):
+        sync(
+            warehouse, half_done, PagedSource([[order(10, day=DAY_2)], [order(11, day=DAY_2)]], fail_after=1)
+        )
+    before = snapshot(warehouse)
+    assert "sales.orders" in before
+    assert any(table.startswith("batch_meta.stg_") for table in before)
+
+    source = PagedSource([[order(30), order(2, amount="1.00"), {"order_id": "x"}], [order(20)]])
+    result = sync(warehouse, run_identity(dag_id), source, dry_run=True)
+    result_2 = sync(warehouse, half_done, PagedSource([[order(12, day=DAY_2)]]), dry_run=True)
+
+    assert snapshot(warehouse) == before
+    assert (result.dry_run, result.pages, result.received, result.loaded, result.quarantined) == (
+        True,
+        2,
+        4,
+        3,
+        1,
+    )
+    assert result.key_range == ((2,), (30,))
+    assert (result.inserted, result.updated, result.deleted) == (None, None, None)
+    assert result_2.loaded == 1
+    assert source.calls == [(None, 0)]
+
+
+def test_dry_run_over_the_threshold_fails_like_the_real_run_would(
+    warehouse: psycopg.Connection, dag_id: str
+) -> None:
+    with pytest.raises(
+        AirflowFailException, match="1 of 2 records quarantined .*dry run: a real run would fail"
+    ):
+        sync(
+            warehouse,
+            run_identity(dag_id),
+            PagedSource([[order(1), "junk"]]),
+            dry_run=True,
+            max_quarantine_ratio=0.1,
+        )
+    assert warehouse.execute("SELECT to_regclass('sales.orders')").fetchone() == (None,)
+
+
+def _run_until_killed(conninfo: str, dag_id: str, kill_after: int) -> None:
+    """Child process: sync a 5-page interval and SIGKILL itself once `kill_after` pages are committed."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        sync(
+            conn,
+            run_identity(dag_id, run_id="scheduled__killed"),
+            PagedSource(FIVE_PAGES, kill_after=kill_after),
+        )
+
+
+FIVE_PAGES = [
+    [order(1), order(2)],
+    [order(3), "garbage", order(1, status="refunded")],
+    [order(4), order(5)],
+    [order(2, amount="2.50"), order(6)],
+    [order(7)],
+]
+
+
+def test_a_killed_run_resumes_after_its_last_committed_page(
+    warehouse: psycopg.Connection, warehouse_conninfo: str, dag_id: str
+) -> None:
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"from tests.batchkit.test_sync import _run_until_killed as r; r({warehouse_conninfo!r}, {dag_id!r}, 2)",
+        ],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "plugins"), str(REPO_ROOT)])},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    identity = run_identity(dag_id, run_id="scheduled__retry")
+    assert checkpoint(warehouse, identity) == ("in_progress", 2, 5, 4, 1, {"next_page": 3})
+    assert staging_exists(warehouse, identity)
+    assert warehouse.execute("SELECT count(*) FROM sales.orders").fetchone() == (0,)
+
+    source = PagedSource(FIVE_PAGES)
+    result = sync(warehouse, identity, source)
+
+    assert source.calls == [({"next_page": 3}, 2)]
+    assert result.resumed_from_page == 3
+    assert (result.pages, result.received, result.loaded, result.quarantined) == (5, 10, 9, 1)
+    assert orders(warehouse) == [
+        (1, Decimal("10.00"), "refunded"),
+        (2, Decimal("2.50"), "paid"),
+        (3, Decimal("10.00"), "paid"),
+        (4, Decimal("10.00"), "paid"),
+        (5, Decimal("10.00"), "paid"),
+        (6, Decimal("10.00"), "paid"),
+        (7, Decimal("10.00"), "paid"),
+    ]
+    assert len(quarantined(warehouse, identity)) == 1
+    assert checkpoint(warehouse, identity)[0] == "complete"
+
+
+def test_staging_lost_in_a_server_crash_restarts_the_interval(
+    warehouse: psycopg.Connection, dag_id: str
+) -> None:
+    identity = run_identity(dag_id)
+    with pytest.raises(ConnectionError):
+        sync(warehouse, identity, PagedSource(FIVE_PAGES, fail_after=2))
+    # What crash recovery does to an unlogged table: its rows are gone, the logged checkpoint is not.
+    warehouse.execute(
+        psycopg.sql.SQL("TRUNCATE {}").format(
+            psycopg.sql.Identifier(*staging_table_name(TARGET, identity.scope()).split("."))
+        )
+    )
+
+    source = PagedSource(FIVE_PAGES)
+    result = sync(warehouse, identity, source)
+
+    assert source.calls == [(None, 0)]
+    assert (result.resumed_from_page, result.received, result.loaded, result.quarantined) == (1, 10, 9, 1)
+    assert len(quarantined(warehouse, identity)) == 1
+
+
+def test_a_fresh_run_over_a_complete_interval_replaces_it(warehouse: psycopg.Connection, dag_id: str) -> None:
+    first = run_identity(dag_id, DAY_1, run_id="scheduled__1")
+    sync(warehouse, run_identity(dag_id, DAY_2), PagedSource([[order(90, day=DAY_2)]]), target=BY_ORDER_DAY)
+    sync(warehouse, first, PagedSource([[order(1), order(2), "bad"], [order(3)]]), target=BY_ORDER_DAY)
+
+    backfill = run_identity(dag_id, DAY_1, run_id="backfill__1")
+    source = PagedSource([[order(2, status="refunded"), order(4)], ["still bad"]])
+    result = sync(warehouse, backfill, source, target=BY_ORDER_DAY)
+
+    assert (result.resumed_from_page, result.deleted, result.inserted) == (1, 3, 2)
+    assert [(row[0], row[2]) for row in orders(warehouse)] == [(2, "refunded"), (4, "paid"), (90, "paid")]
+    assert quarantined(warehouse, first) == [(2, 0, "backfill__1")]
+    assert checkpoint(warehouse, backfill)[:5] == ("complete", 2, 3, 2, 1)
+
+
+def test_replace_mode_quarantines_rows_outside_the_interval(
+    warehouse: psycopg.Connection, dag_id: str
+) -> None:
+    identity = run_identity(dag_id)
+    result = sync(warehouse, identity, PagedSource([[order(1), order(2, day=DAY_2)]]), target=BY_ORDER_DAY)
+    assert (result.loaded, result.quarantined) == (1, 1)
+    error = warehouse.execute(
+        "SELECT error FROM batch_meta.quarantine WHERE dag_id = %s", (dag_id,)
+    ).fetchone()[0]
+    assert "order_ts 2024-05-02T00:02:00+00:00 is outside the interval being replaced" in error
+
+
+def test_the_same_interval_synced_twice_leaves_an_identical_table(
+    warehouse: psycopg.Connection, dag_id: str
+) -> None:
+    pages = [[order(i, amount=f"{i}.10") for i in range(1, 40)], [order(5, status="cancelled"), "junk"]]
+    for mode_target in (TARGET, BY_ORDER_DAY):
+        sync(warehouse, run_identity(dag_id, run_id="one"), PagedSource(pages), target=mode_target)
+        once = checksum(warehouse)
+        again = sync(warehouse, run_identity(dag_id, run_id="two"), PagedSource(pages), target=mode_target)
+        assert checksum(warehouse) == once
+        assert once[0] == 39
+        assert again.quarantined == 1
+        assert len(quarantined(warehouse, run_identity(dag_id))) == 1
+
+
+def test_two_intervals_sync_concurrently_without_interfering(
+    warehouse: psycopg.Connection, warehouse_conninfo: str, dag_id: str
+) -> None:
+    days = {
+        DAY_1: [[order(i) for i in range(1, 51)], [order(i) for i in range(51, 101)]],
+        DAY_2: [
+            [order(i, day=DAY_2) for i in range(101, 151)],
+            [order(i, day=DAY_2) for i in range(151, 201)],
+        ],
+    }
+    seen_staging: list[list[bool]] = []
+
+    def count_staging() -> None:
+        seen_staging.append([staging_exists(warehouse, run_identity(dag_id, day)) for day in days])
+
+    both_staged = threading.Barrier(2, action=count_staging, timeout=30)
+    results, errors = {}, []
+
+    class MeetingSource(PagedSource):
+        def __call__(self, resume_state, pages_done):
+            for page in super().__call__(resume_state, pages_done):
+                if page.number == 2:
+                    both_staged.wait()  # both runs have committed page 1 into their own staging
+                yield page
+
+    def run(interval: DataInterval) -> None:
+        try:
+            with psycopg.connect(warehouse_conninfo, autocommit=True) as conn:
+                results[interval] = sync(conn, run_identity(dag_id, interval), MeetingSource(days[interval]))
+        except Exception as exc:  # surfaced by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(interval,)) for interval in days]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    assert errors == []
+    assert seen_staging == [[True, True]]
+    assert [results[day].inserted for day in days] == [100, 100]
+    assert [row[0] for row in orders(warehouse)] == list(range(1, 201))
+    assert [checkpoint(warehouse, run_identity(dag_id, day))[0] for day in days] == ["complete", "complete"]
+
+
+def test_a_second_concurrent_run_of_the_same_interval_is_refused(
+    warehouse: psycopg.Connection, warehouse_conninfo: str, dag_id: str
+) -> None:
+    identity = run_identity(dag_id)
+    with psycopg.connect(warehouse_conninfo, autocommit=True) as zombie:
+        zombie.execute(
+            "SELECT pg_advisory_lock(hashtextextended(%s, 0))", (f"batchkit:sync:{identity.scope()}",)
+        )
+        with pytest.raises(RuntimeError, match="another run is syncing"):
+            sync(warehouse, identity, PagedSource([[order(1)]]))
+    assert sync(warehouse, identity, PagedSource([[order(1)]])).loaded == 1
+
+
+def test_a_source_that_skips_a_page_is_refused(warehouse: psycopg.Connection, dag_id: str) -> None:
+    def skipping(resume_state, pages_done):
+        yield Page(1, [order(1)], {"next_page": 3})
+        yield Page(3, [order(3)], None)
+
+    with pytest.raises(ValueError, match="source returned page 3, expected page 2"):
+        sync_interval(
+            warehouse, target=TARGET, contract=CONTRACT, identity=run_identity(dag_id), fetch_pages=skipping
+        )
+
+
+def test_sync_needs_an_autocommit_connection(warehouse_conninfo: str, dag_id: str) -> None:
+    with (
+        psycopg.connect(warehouse_conninfo) as conn,
+        pytest.raises(ValueError, match="needs an autocommit connection"),
+    ):
+        sync(conn, run_identity(dag_id), PagedSource([]))
