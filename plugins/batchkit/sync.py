@@ -69,7 +69,7 @@ from batchkit.load.postgres import (
 from batchkit.observability import count, get_logger, timing
 from batchkit.pages import Page
 
-__all__ = ["FetchPages", "RunIdentity", "SyncResult", "sync_interval"]
+__all__ = ["FetchPages", "RunIdentity", "SyncResult", "merge_interval", "stage_interval", "sync_interval"]
 
 FetchPages = Callable[[Mapping[str, Any] | None, int], Iterable[Page]]
 
@@ -115,28 +115,49 @@ def sync_interval(
 ) -> SyncResult:
     """Load `identity.interval` from `fetch_pages` into `target`; see the module docstring.
 
+    The two phases, stage_interval then merge_interval, are also usable as separate tasks.
     `conn` must be in autocommit mode: every page commits its own transaction.
+    """
+    staged = stage_interval(
+        conn,
+        target=target,
+        contract=contract,
+        identity=identity,
+        fetch_pages=fetch_pages,
+        dry_run=dry_run,
+        max_quarantine_ratio=max_quarantine_ratio,
+    )
+    if dry_run:
+        return staged
+    merged = merge_interval(conn, target=target, identity=identity, max_quarantine_ratio=max_quarantine_ratio)
+    return replace(merged, resumed_from_page=staged.resumed_from_page)
+
+
+def stage_interval(
+    conn: psycopg.Connection,
+    *,
+    target: TargetSpec,
+    contract: RecordContract,
+    identity: RunIdentity,
+    fetch_pages: FetchPages,
+    dry_run: bool = False,
+    max_quarantine_ratio: float = 0.01,
+) -> SyncResult:
+    """Phase 1: fetch, validate, stage and quarantine every page, one checkpointed transaction each.
+
+    Resumes after the last committed page; starts clean over a finished interval. A dry run validates
+    everything, applies the quarantine threshold as a real run would, and writes nothing.
     """
     if not 0.0 <= max_quarantine_ratio <= 1.0:
         raise ValueError(f"max_quarantine_ratio must be within [0, 1], got {max_quarantine_ratio}")
-    bound = log.bind(
-        dag_id=identity.dag_id,
-        task_id=identity.task_id,
-        run_id=identity.run_id,
-        interval=identity.interval.label(),
-        target=target.table,
-        mode=str(target.mode),
-        dry_run=dry_run,
-    )
-    started = time.monotonic()
+    bound = _bound_log(target, identity, dry_run)
     row_rule = _interval_rule(target, identity)
     if dry_run:
         result = _dry_run(target, contract, identity, fetch_pages, row_rule, bound)
         _check_quarantine_ratio(result, max_quarantine_ratio, identity, on_fail=lambda: None)
         return result
 
-    if not conn.autocommit:
-        raise ValueError("sync_interval needs an autocommit connection: it commits each page itself")
+    _require_autocommit(conn)
     ensure_checkpoints(conn)
     ensure_quarantine(conn)
     staging = prepare_staging(conn, target, identity.scope())
@@ -148,17 +169,35 @@ def sync_interval(
                 checkpoint = _commit_page(
                     conn, identity, contract, staging, page, checkpoint, row_rule, bound
                 )
+    if not checkpoint.source_exhausted:
+        raise RuntimeError(f"{identity.scope()}: the source stopped before its last page; retry resumes")
+    return _result(target, identity, checkpoint, resumed_from_page=resumed_from_page)
 
-        result = SyncResult(
-            target=target.table,
-            interval=identity.interval.label(),
-            dry_run=False,
-            pages=checkpoint.pages_done,
-            resumed_from_page=resumed_from_page,
-            received=checkpoint.rows_received,
-            loaded=checkpoint.rows_staged,
-            quarantined=checkpoint.rows_quarantined,
-        )
+
+def merge_interval(
+    conn: psycopg.Connection, *, target: TargetSpec, identity: RunIdentity, max_quarantine_ratio: float = 0.01
+) -> SyncResult:
+    """Phase 2: reconcile the counts, apply the quarantine threshold, merge staging in one transaction.
+
+    Needs a fully staged interval. Rerunning it after it succeeded changes nothing: the checkpoint is
+    'complete' and the staging table is gone, so it reports the merge on record.
+    """
+    _require_autocommit(conn)
+    bound = _bound_log(target, identity, dry_run=False)
+    started = time.monotonic()
+    ensure_checkpoints(conn)
+    staging = prepare_staging(conn, target, identity.scope())
+    with _interval_lock(conn, identity):
+        checkpoint = read_checkpoint(conn, identity)
+        if checkpoint is not None and checkpoint.state is CheckpointState.COMPLETE:
+            bound.info("sync_merge_already_done", run_id=checkpoint.run_id)
+            return _result(target, identity, checkpoint, resumed_from_page=checkpoint.pages_done + 1)
+        if checkpoint is None or not checkpoint.source_exhausted:
+            raise AirflowFailException(
+                f"{identity.scope()}: nothing to merge: the interval is not fully staged "
+                f"(checkpoint {checkpoint.state if checkpoint else 'missing'}); rerun the staging task first"
+            )
+        result = _result(target, identity, checkpoint, resumed_from_page=checkpoint.pages_done + 1)
         _reconcile(conn, identity, staging, checkpoint)
         _check_quarantine_ratio(
             result, max_quarantine_ratio, identity, on_fail=lambda: _reject(conn, identity, staging)
@@ -178,11 +217,10 @@ def sync_interval(
     duration = time.monotonic() - started
     tags = {"dag_id": identity.dag_id, "task_id": identity.task_id, "target": target.table}
     count("rows_loaded", result.loaded, **tags)
-    timing("sync_duration", duration, **tags)
+    timing("merge_duration", duration, **tags)
     bound.info(
         "sync_merged",
         pages=result.pages,
-        resumed_from_page=resumed_from_page,
         rows_received=result.received,
         rows_loaded=result.loaded,
         rows_quarantined=result.quarantined,
@@ -192,6 +230,38 @@ def sync_interval(
         duration_s=round(duration, 3),
     )
     return result
+
+
+def _bound_log(target: TargetSpec, identity: RunIdentity, dry_run: bool) -> Any:
+    return log.bind(
+        dag_id=identity.dag_id,
+        task_id=identity.task_id,
+        run_id=identity.run_id,
+        interval=identity.interval.label(),
+        target=target.table,
+        mode=str(target.mode),
+        dry_run=dry_run,
+    )
+
+
+def _require_autocommit(conn: psycopg.Connection) -> None:
+    if not conn.autocommit:
+        raise ValueError("the sync needs an autocommit connection: it commits each step itself")
+
+
+def _result(
+    target: TargetSpec, identity: RunIdentity, checkpoint: Checkpoint, *, resumed_from_page: int
+) -> SyncResult:
+    return SyncResult(
+        target=target.table,
+        interval=identity.interval.label(),
+        dry_run=False,
+        pages=checkpoint.pages_done,
+        resumed_from_page=resumed_from_page,
+        received=checkpoint.rows_received,
+        loaded=checkpoint.rows_staged,
+        quarantined=checkpoint.rows_quarantined,
+    )
 
 
 def _resume_or_start(

@@ -23,7 +23,7 @@ from batchkit.checkpoints import RunIdentity
 from batchkit.intervals import DataInterval
 from batchkit.load.postgres import MergeMode, staging_table_name
 from batchkit.pages import Page
-from batchkit.sync import sync_interval
+from batchkit.sync import merge_interval, stage_interval, sync_interval
 from include.contracts.orders import CONTRACT, TARGET
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -458,3 +458,25 @@ def test_sync_needs_an_autocommit_connection(warehouse_conninfo: str, dag_id: st
         pytest.raises(ValueError, match="needs an autocommit connection"),
     ):
         sync(conn, run_identity(dag_id), PagedSource([]))
+
+
+def test_the_phases_run_as_separate_tasks_and_a_rerun_merge_changes_nothing(warehouse) -> None:
+    identity = run_identity(f"split_{uuid.uuid4().hex[:8]}")
+    source = PagedSource([[order(1), order(2)], [order(3)]])
+
+    with pytest.raises(AirflowFailException, match="not fully staged"):
+        merge_interval(warehouse, target=TARGET, identity=identity)
+    staged = stage_interval(warehouse, target=TARGET, contract=CONTRACT, identity=identity, fetch_pages=source)
+    assert (staged.pages, staged.received, staged.loaded, staged.inserted) == (2, 3, 3, None)
+    assert checkpoint(warehouse, identity)[0] == "in_progress"
+    assert staging_exists(warehouse, identity)
+
+    merged = merge_interval(warehouse, target=TARGET, identity=identity)
+    after_first_merge = checksum(warehouse)
+    again = merge_interval(warehouse, target=TARGET, identity=identity)
+
+    assert merged.inserted == 3
+    assert checkpoint(warehouse, identity)[0] == "complete"
+    assert not staging_exists(warehouse, identity)
+    assert (again.received, again.loaded, again.inserted) == (3, 3, None)
+    assert checksum(warehouse) == after_first_merge
