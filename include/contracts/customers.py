@@ -17,10 +17,9 @@ CountryCode = Annotated[str, StringConstraints(strict=True, pattern=r"^[A-Z]{2}$
 
 class Customer(SourceRecord):
     customer_id: RecordId
+    name: Text
     email: Email
-    full_name: Text
-    country_code: CountryCode
-    created_at: Timestamp
+    country: CountryCode
     updated_at: Timestamp
 
 

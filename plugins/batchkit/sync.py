@@ -69,7 +69,15 @@ from batchkit.load.postgres import (
 from batchkit.observability import count, get_logger, timing
 from batchkit.pages import Page
 
-__all__ = ["FetchPages", "RunIdentity", "SyncResult", "merge_interval", "stage_interval", "sync_interval"]
+__all__ = [
+    "FetchPages",
+    "RunIdentity",
+    "SyncResult",
+    "merge_interval",
+    "stage_interval",
+    "sync_interval",
+    "verify_interval",
+]
 
 FetchPages = Callable[[Mapping[str, Any] | None, int], Iterable[Page]]
 
@@ -115,7 +123,7 @@ def sync_interval(
 ) -> SyncResult:
     """Load `identity.interval` from `fetch_pages` into `target`; see the module docstring.
 
-    The two phases, stage_interval then merge_interval, are also usable as separate tasks.
+    Its phases, stage_interval, verify_interval and merge_interval, also run as separate tasks.
     `conn` must be in autocommit mode: every page commits its own transaction.
     """
     staged = stage_interval(
@@ -174,13 +182,32 @@ def stage_interval(
     return _result(target, identity, checkpoint, resumed_from_page=resumed_from_page)
 
 
+def verify_interval(
+    conn: psycopg.Connection, *, target: TargetSpec, identity: RunIdentity, max_quarantine_ratio: float = 0.01
+) -> SyncResult:
+    """Phase 2: received = staged + quarantined (counters and tables agree), quarantine ratio in bounds.
+
+    A failure here rejects the interval (staging dropped, quarantine kept as evidence) and raises
+    AirflowFailException: retrying cannot change what the source sent.
+    """
+    _require_autocommit(conn)
+    ensure_checkpoints(conn)
+    staging = prepare_staging(conn, target, identity.scope())
+    with _interval_lock(conn, identity):
+        checkpoint = read_checkpoint(conn, identity)
+        if checkpoint is not None and checkpoint.state is CheckpointState.COMPLETE:
+            return _result(target, identity, checkpoint, resumed_from_page=checkpoint.pages_done + 1)
+        return _verified(conn, target, identity, staging, checkpoint, max_quarantine_ratio)
+
+
 def merge_interval(
     conn: psycopg.Connection, *, target: TargetSpec, identity: RunIdentity, max_quarantine_ratio: float = 0.01
 ) -> SyncResult:
-    """Phase 2: reconcile the counts, apply the quarantine threshold, merge staging in one transaction.
+    """Phase 3: verify again (cheap, and the merge must never trust an earlier task), then merge staging
+    into the target and complete the checkpoint in ONE transaction.
 
-    Needs a fully staged interval. Rerunning it after it succeeded changes nothing: the checkpoint is
-    'complete' and the staging table is gone, so it reports the merge on record.
+    Rerunning it after it succeeded changes nothing: the checkpoint is 'complete' and the staging table
+    is gone, so it reports the merge on record.
     """
     _require_autocommit(conn)
     bound = _bound_log(target, identity, dry_run=False)
@@ -192,16 +219,7 @@ def merge_interval(
         if checkpoint is not None and checkpoint.state is CheckpointState.COMPLETE:
             bound.info("sync_merge_already_done", run_id=checkpoint.run_id)
             return _result(target, identity, checkpoint, resumed_from_page=checkpoint.pages_done + 1)
-        if checkpoint is None or not checkpoint.source_exhausted:
-            raise AirflowFailException(
-                f"{identity.scope()}: nothing to merge: the interval is not fully staged "
-                f"(checkpoint {checkpoint.state if checkpoint else 'missing'}); rerun the staging task first"
-            )
-        result = _result(target, identity, checkpoint, resumed_from_page=checkpoint.pages_done + 1)
-        _reconcile(conn, identity, staging, checkpoint)
-        _check_quarantine_ratio(
-            result, max_quarantine_ratio, identity, on_fail=lambda: _reject(conn, identity, staging)
-        )
+        result = _verified(conn, target, identity, staging, checkpoint, max_quarantine_ratio)
         with conn.transaction():
             merged = merge_staging(conn, staging, (identity.interval.start, identity.interval.end))
             finish_checkpoint(
@@ -228,6 +246,27 @@ def merge_interval(
         rows_updated=merged.updated,
         rows_deleted=merged.deleted,
         duration_s=round(duration, 3),
+    )
+    return result
+
+
+def _verified(
+    conn: psycopg.Connection,
+    target: TargetSpec,
+    identity: RunIdentity,
+    staging: Staging,
+    checkpoint: Checkpoint | None,
+    max_quarantine_ratio: float,
+) -> SyncResult:
+    if checkpoint is None or not checkpoint.source_exhausted:
+        raise AirflowFailException(
+            f"{identity.scope()}: the interval is not fully staged "
+            f"(checkpoint {checkpoint.state if checkpoint else 'missing'}); rerun the staging task first"
+        )
+    result = _result(target, identity, checkpoint, resumed_from_page=checkpoint.pages_done + 1)
+    _reconcile(conn, identity, staging, checkpoint)
+    _check_quarantine_ratio(
+        result, max_quarantine_ratio, identity, on_fail=lambda: _reject(conn, identity, staging)
     )
     return result
 

@@ -23,7 +23,7 @@ from batchkit.checkpoints import RunIdentity
 from batchkit.intervals import DataInterval
 from batchkit.load.postgres import MergeMode, staging_table_name
 from batchkit.pages import Page
-from batchkit.sync import merge_interval, stage_interval, sync_interval
+from batchkit.sync import merge_interval, stage_interval, sync_interval, verify_interval
 from include.contracts.orders import CONTRACT, TARGET
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -466,8 +466,12 @@ def test_the_phases_run_as_separate_tasks_and_a_rerun_merge_changes_nothing(ware
 
     with pytest.raises(AirflowFailException, match="not fully staged"):
         merge_interval(warehouse, target=TARGET, identity=identity)
-    staged = stage_interval(warehouse, target=TARGET, contract=CONTRACT, identity=identity, fetch_pages=source)
+    staged = stage_interval(
+        warehouse, target=TARGET, contract=CONTRACT, identity=identity, fetch_pages=source
+    )
+    verified = verify_interval(warehouse, target=TARGET, identity=identity)
     assert (staged.pages, staged.received, staged.loaded, staged.inserted) == (2, 3, 3, None)
+    assert (verified.received, verified.loaded, verified.quarantined) == (3, 3, 0)
     assert checkpoint(warehouse, identity)[0] == "in_progress"
     assert staging_exists(warehouse, identity)
 

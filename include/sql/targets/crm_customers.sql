@@ -4,9 +4,9 @@ CREATE SCHEMA IF NOT EXISTS crm;
 
 CREATE TABLE IF NOT EXISTS crm.customers (
     customer_id   bigint       PRIMARY KEY,
+    name          text         NOT NULL,
     email         text         NOT NULL,
-    full_name     text         NOT NULL,
-    country_code  text         NOT NULL,
-    created_at    timestamptz  NOT NULL,
+    -- ISO 3166-1 alpha-2
+    country       text         NOT NULL,
     updated_at    timestamptz  NOT NULL
 );

@@ -1,0 +1,145 @@
+"""The three durable steps of a sync as operators: stage the interval, verify it, merge it.
+
+Each operator resolves the interval the run owns and the dry-run flag from the context, opens the
+hooks, and calls the plain functions of batchkit.sync, which hold every guarantee (checkpoints,
+quarantine, reconciliation, one-transaction merge). The checkpoint is keyed by `sync_key`, shared by
+the three tasks of one sync, so the merge task finds what the staging task wrote.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowSkipException
+
+from batchkit.checkpoints import RunIdentity
+from batchkit.contracts import RecordContract
+from batchkit.dag_factory import dry_run_requested
+from batchkit.extract.pagination import Pagination
+from batchkit.intervals import task_interval
+from batchkit.load.postgres import TargetSpec
+from batchkit.sync import SyncResult, merge_interval, stage_interval, verify_interval
+
+
+class _IntervalSyncOperator(BaseOperator):
+    ui_color = "#d6eaf8"
+
+    def __init__(
+        self,
+        *,
+        target: TargetSpec,
+        sync_key: str,
+        warehouse_conn_id: str = "warehouse",
+        max_quarantine_ratio: float = 0.05,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.target = target
+        self.sync_key = sync_key
+        self.warehouse_conn_id = warehouse_conn_id
+        self.max_quarantine_ratio = max_quarantine_ratio
+
+    def identity(self, context: Mapping[str, Any]) -> RunIdentity:
+        return RunIdentity(
+            dag_id=self.dag_id,
+            task_id=self.sync_key,
+            run_id=context["run_id"],
+            interval=task_interval(context),
+        )
+
+    def warehouse(self) -> Any:
+        from batchkit.hooks.warehouse import WarehouseHook
+
+        return WarehouseHook(postgres_conn_id=self.warehouse_conn_id).autocommit_connection()
+
+
+class StageIntervalOperator(_IntervalSyncOperator):
+    """Fetch every page of the run's interval, validate it, stage it and quarantine the rejects.
+
+    Resumes after the last committed page on retry; in dry-run it validates and writes nothing.
+    """
+
+    def __init__(
+        self,
+        *,
+        http_conn_id: str,
+        endpoint: str,
+        pagination: Pagination,
+        contract: RecordContract,
+        interval_params: tuple[str, str] = ("updated_since", "updated_before"),
+        params: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.http_conn_id = http_conn_id
+        self.endpoint = endpoint
+        self.pagination = pagination
+        self.contract = contract
+        self.interval_params = interval_params
+        self.params_for_source = dict(params or {})
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from batchkit.hooks.rest_api import RestApiHook
+
+        identity = self.identity(context)
+        since, before = self.interval_params
+        query = {
+            **self.params_for_source,
+            since: identity.interval.start.isoformat(),
+            before: identity.interval.end.isoformat(),
+        }
+        with RestApiHook(http_conn_id=self.http_conn_id) as api, self.warehouse() as conn:
+            result = stage_interval(
+                conn,
+                target=self.target,
+                contract=self.contract,
+                identity=identity,
+                fetch_pages=lambda state, _done: api.iter_pages(
+                    self.endpoint, pagination=self.pagination, params=query, resume_from=state
+                ),
+                dry_run=dry_run_requested(context),
+                max_quarantine_ratio=self.max_quarantine_ratio,
+            )
+        return summary(result)
+
+
+class VerifyIntervalOperator(_IntervalSyncOperator):
+    """Reconcile received = loaded + quarantined and hold the quarantine ratio to its threshold."""
+
+    step = staticmethod(verify_interval)
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        if dry_run_requested(context):
+            raise AirflowSkipException("dry run: the staging step validated and wrote nothing")
+        with self.warehouse() as conn:
+            result = self.step(
+                conn,
+                target=self.target,
+                identity=self.identity(context),
+                max_quarantine_ratio=self.max_quarantine_ratio,
+            )
+        return summary(result)
+
+
+class MergeIntervalOperator(VerifyIntervalOperator):
+    """Merge the verified staging into the target in one transaction (verifying again first)."""
+
+    step = staticmethod(merge_interval)
+
+
+def summary(result: SyncResult) -> dict[str, Any]:
+    """The counts a task returns (its XCom): what the UI shows and downstream checks read."""
+    return {
+        "target": result.target,
+        "interval": result.interval,
+        "dry_run": result.dry_run,
+        "pages": result.pages,
+        "received": result.received,
+        "loaded": result.loaded,
+        "quarantined": result.quarantined,
+        "inserted": result.inserted,
+        "updated": result.updated,
+        "deleted": result.deleted,
+    }

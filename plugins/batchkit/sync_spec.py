@@ -1,0 +1,185 @@
+"""The YAML file that declares a sync (include/automations/<dag_id>.yaml), validated with pydantic.
+
+A sync file says where records come from (connection, endpoint, pagination, contract), where they go
+(table, key, merge mode), when (cron, start date, catchup) and who answers for it (owner, tags, pool,
+deadline, alert route). Validation is strict: unknown fields, unsafe identifiers and bad cron
+expressions are errors naming the file and the field, raised at parse time so the DAG file becomes an
+import error and CI fails; nothing is built from a file that does not validate.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from croniter import croniter
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from batchkit.extract.pagination import Pagination
+from batchkit.load.identifiers import IDENTIFIER_PATTERN
+from batchkit.sql_files import include_dir
+from batchkit.taxonomy import tag_problems
+
+AUTOMATIONS_DIR = "automations"
+DAG_ID_PATTERN = r"^[a-z][a-z0-9_]{2,62}$"
+QUALIFIED_TABLE = re.compile(r"^[a-z_][a-z0-9_]{0,62}\.[a-z_][a-z0-9_]{0,62}$")
+
+Identifier = Annotated[str, Field(pattern=IDENTIFIER_PATTERN)]
+ConnId = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
+
+
+class SyncSpecError(ValueError):
+    """A sync file that does not validate; the message names the file and every bad field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ScheduleSpec(_Strict):
+    cron: str
+    timezone: str = "UTC"
+    start_date: date
+    catchup: bool
+    max_active_runs: int = Field(ge=1, le=16)
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        if not croniter.is_valid(value):
+            raise ValueError(f"{value!r} is not a valid cron expression")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        import pendulum
+
+        try:
+            pendulum.timezone(value)
+        except Exception as exc:
+            raise ValueError(f"unknown timezone {value!r}") from exc
+        return value
+
+
+class IntervalParams(_Strict):
+    """How the interval [start, end) is passed to the source as query parameters."""
+
+    start: str = "updated_since"
+    end: str = "updated_before"
+
+
+class SourceSpec(_Strict):
+    conn_id: ConnId
+    endpoint: str = Field(pattern=r"^/[A-Za-z0-9_\-/.]*$")
+    pool: ConnId
+    pagination: Pagination
+    interval_params: IntervalParams = IntervalParams()
+    params: dict[str, str | int] = Field(default_factory=dict)
+    contract: Identifier
+
+
+class TargetSpec(_Strict):
+    conn_id: ConnId = "warehouse"
+    pool: ConnId = "warehouse"
+    table: str
+    key: list[Identifier] = Field(min_length=1)
+    merge: Literal["upsert", "replace_interval"] = "upsert"
+    interval_column: Identifier
+
+    @field_validator("table")
+    @classmethod
+    def _qualified_table(cls, value: str) -> str:
+        if not QUALIFIED_TABLE.fullmatch(value):
+            raise ValueError(f"{value!r} must be a lowercase schema-qualified table such as sales.orders")
+        return value
+
+
+class QualitySpec(_Strict):
+    min_rows: int = Field(default=0, ge=0)
+    max_staleness_hours: float = Field(default=48, gt=0)
+
+
+class AlertSpec(_Strict):
+    webhook_conn_id: ConnId = "alerts_webhook"
+    endpoint: str | None = None
+    email_to: list[str] = Field(default_factory=list)
+
+
+class SyncSpec(_Strict):
+    dag_id: str = Field(pattern=DAG_ID_PATTERN)
+    description: str = Field(min_length=10)
+    owner: str = Field(min_length=2)
+    tags: list[str]
+    schedule: ScheduleSpec
+    deadline_minutes: int = Field(ge=1)
+    retries: int = Field(default=3, ge=2)
+    alerts: AlertSpec = AlertSpec()
+    source: SourceSpec
+    target: TargetSpec
+    quality: QualitySpec = QualitySpec()
+    max_quarantine_ratio: float = Field(default=0.05, ge=0, le=1)
+    runbook: str = Field(min_length=10)
+
+    @field_validator("tags")
+    @classmethod
+    def _taxonomy(cls, value: list[str]) -> list[str]:
+        problems = tag_problems(value)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
+    @field_validator("owner")
+    @classmethod
+    def _real_owner(cls, value: str) -> str:
+        if value.strip().lower() == "airflow":
+            raise ValueError("owner must name a team or person, not 'airflow'")
+        return value
+
+    @model_validator(mode="after")
+    def _interval_column_is_not_the_key(self) -> SyncSpec:
+        if self.target.merge == "replace_interval" and self.target.interval_column in self.target.key:
+            raise ValueError("target.interval_column must be a timestamp column, not part of target.key")
+        return self
+
+    @property
+    def deadline(self) -> timedelta:
+        return timedelta(minutes=self.deadline_minutes)
+
+    @property
+    def start_datetime(self) -> datetime:
+        import pendulum
+
+        start = self.schedule.start_date
+        return pendulum.datetime(start.year, start.month, start.day, tz=self.schedule.timezone)
+
+
+def automations_dir() -> Path:
+    return include_dir() / AUTOMATIONS_DIR
+
+
+def spec_path(dag_id: str) -> Path:
+    return automations_dir() / f"{dag_id}.yaml"
+
+
+def load_spec(path: Path) -> SyncSpec:
+    """Read and validate one sync file; SyncSpecError names the file and each bad field."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise SyncSpecError(f"{path}: cannot read the sync file: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise SyncSpecError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        spec = SyncSpec.model_validate(raw)
+    except ValidationError as exc:
+        lines = [
+            f"  {'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()
+        ]
+        raise SyncSpecError(f"{path}: invalid sync file:\n" + "\n".join(lines)) from None
+    if spec.dag_id != path.stem:
+        raise SyncSpecError(f"{path}: dag_id {spec.dag_id!r} must match the file name {path.stem!r}")
+    return spec
