@@ -8,6 +8,10 @@ from batchkit.load.identifiers import identifier_parts
 
 
 def table_asset(table: str, *, conn_id: str = "warehouse") -> Asset:
-    """The Asset of a schema-qualified table in the database behind `conn_id`."""
+    """The Asset of a schema-qualified table in the database behind `conn_id`.
+
+    Not a postgres:// URI: that form needs the server's host and database, which only the connection
+    knows, and connections are never read at parse time.
+    """
     schema, name = identifier_parts(table, "table")
-    return Asset(name=f"{conn_id}.{schema}.{name}", uri=f"postgres://{conn_id}/{schema}/{name}")
+    return Asset(name=f"{conn_id}.{schema}.{name}", uri=f"table://{conn_id}/{schema}/{name}")

@@ -9,17 +9,23 @@ import error and CI fails; nothing is built from a file that does not validate.
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import re
 from datetime import date, datetime, timedelta
 from pathlib import Path
+from types import ModuleType
 from typing import Annotated, Literal
 
 import yaml
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from batchkit.contracts import RecordContract
 from batchkit.extract.pagination import Pagination
 from batchkit.load.identifiers import IDENTIFIER_PATTERN
+from batchkit.load.postgres import MergeMode
+from batchkit.load.postgres import TargetSpec as LoadTarget
 from batchkit.sql_files import include_dir
 from batchkit.taxonomy import tag_problems
 
@@ -27,7 +33,7 @@ AUTOMATIONS_DIR = "automations"
 DAG_ID_PATTERN = r"^[a-z][a-z0-9_]{2,62}$"
 QUALIFIED_TABLE = re.compile(r"^[a-z_][a-z0-9_]{0,62}\.[a-z_][a-z0-9_]{0,62}$")
 
-Identifier = Annotated[str, Field(pattern=IDENTIFIER_PATTERN)]
+Identifier = Annotated[str, Field(pattern=IDENTIFIER_PATTERN.pattern)]
 ConnId = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
 
 
@@ -79,15 +85,18 @@ class SourceSpec(_Strict):
     pagination: Pagination
     interval_params: IntervalParams = IntervalParams()
     params: dict[str, str | int] = Field(default_factory=dict)
+    # A module of include/contracts that defines CONTRACT (the record model) and TARGET (its table).
     contract: Identifier
 
 
-class TargetSpec(_Strict):
+class TargetSection(_Strict):
     conn_id: ConnId = "warehouse"
     pool: ConnId = "warehouse"
     table: str
     key: list[Identifier] = Field(min_length=1)
     merge: Literal["upsert", "replace_interval"] = "upsert"
+    # The timestamp column the interval is about: replace_interval deletes [start, end) of it, and the
+    # freshness check reads it.
     interval_column: Identifier
 
     @field_validator("table")
@@ -119,7 +128,7 @@ class SyncSpec(_Strict):
     retries: int = Field(default=3, ge=2)
     alerts: AlertSpec = AlertSpec()
     source: SourceSpec
-    target: TargetSpec
+    target: TargetSection
     quality: QualitySpec = QualitySpec()
     max_quarantine_ratio: float = Field(default=0.05, ge=0, le=1)
     runbook: str = Field(min_length=10)
@@ -144,6 +153,19 @@ class SyncSpec(_Strict):
         if self.target.merge == "replace_interval" and self.target.interval_column in self.target.key:
             raise ValueError("target.interval_column must be a timestamp column, not part of target.key")
         return self
+
+    def contract_module(self) -> ModuleType:
+        return importlib.import_module(f"include.contracts.{self.source.contract}")
+
+    def record_contract(self) -> RecordContract:
+        return self.contract_module().CONTRACT
+
+    def target_spec(self) -> LoadTarget:
+        """The contract's table as this file loads it: merge mode and interval column from the file."""
+        declared: LoadTarget = self.contract_module().TARGET
+        return dataclasses.replace(
+            declared, mode=MergeMode(self.target.merge), interval_column=self.target.interval_column
+        )
 
     @property
     def deadline(self) -> timedelta:
@@ -182,4 +204,21 @@ def load_spec(path: Path) -> SyncSpec:
         raise SyncSpecError(f"{path}: invalid sync file:\n" + "\n".join(lines)) from None
     if spec.dag_id != path.stem:
         raise SyncSpecError(f"{path}: dag_id {spec.dag_id!r} must match the file name {path.stem!r}")
+    try:
+        declared = spec.target_spec()
+    except ImportError as exc:
+        raise SyncSpecError(
+            f"{path}: source.contract: no contract module include/contracts/{spec.source.contract}.py: {exc}"
+        ) from exc
+    except (AttributeError, ValueError) as exc:
+        raise SyncSpecError(f"{path}: source.contract / target: {exc}") from exc
+    # The file states the table and key for its readers; the contract's DDL is what really holds them.
+    for field, stated, actual in (
+        ("target.table", spec.target.table, declared.table),
+        ("target.key", tuple(spec.target.key), declared.key),
+    ):
+        if stated != actual:
+            raise SyncSpecError(
+                f"{path}: {field} is {stated!r} but contract {spec.source.contract!r} declares {actual!r}"
+            )
     return spec

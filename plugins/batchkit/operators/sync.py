@@ -102,7 +102,7 @@ class StageIntervalOperator(_IntervalSyncOperator):
                 dry_run=dry_run_requested(context),
                 max_quarantine_ratio=self.max_quarantine_ratio,
             )
-        return summary(result)
+        return summary(result, identity)
 
 
 class VerifyIntervalOperator(_IntervalSyncOperator):
@@ -113,14 +113,12 @@ class VerifyIntervalOperator(_IntervalSyncOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         if dry_run_requested(context):
             raise AirflowSkipException("dry run: the staging step validated and wrote nothing")
+        identity = self.identity(context)
         with self.warehouse() as conn:
             result = self.step(
-                conn,
-                target=self.target,
-                identity=self.identity(context),
-                max_quarantine_ratio=self.max_quarantine_ratio,
+                conn, target=self.target, identity=identity, max_quarantine_ratio=self.max_quarantine_ratio
             )
-        return summary(result)
+        return summary(result, identity)
 
 
 class MergeIntervalOperator(VerifyIntervalOperator):
@@ -129,11 +127,12 @@ class MergeIntervalOperator(VerifyIntervalOperator):
     step = staticmethod(merge_interval)
 
 
-def summary(result: SyncResult) -> dict[str, Any]:
-    """The counts a task returns (its XCom): what the UI shows and downstream checks read."""
+def summary(result: SyncResult, identity: RunIdentity) -> dict[str, Any]:
+    """The counts a task returns (its XCom): what the UI shows; the checks read the interval from it."""
     return {
         "target": result.target,
-        "interval": result.interval,
+        "interval_start": identity.interval.start.isoformat(),
+        "interval_end": identity.interval.end.isoformat(),
         "dry_run": result.dry_run,
         "pages": result.pages,
         "received": result.received,

@@ -1,0 +1,155 @@
+"""One sync DAG from its YAML file: stage -> verify/quarantine -> merge -> data-quality checks -> Asset.
+
+A DAG file in dags/<domain>/<dag_id>.py is two lines: it calls `sync_dag(__file__)`, which reads
+include/automations/<dag_id>.yaml (the only I/O at parse time), validates it, and builds the DAG with
+standard_dag's house defaults. A file that does not validate raises SyncSpecError naming the file and
+field, so that DAG file alone becomes an import error.
+
+Each run owns [data_interval_start, data_interval_end) of a CronDataIntervalTimetable. A manual run
+without a logical date loads the last complete interval before it was triggered
+(batchkit.intervals.task_interval); the checks read the interval the merge actually loaded from its XCom.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from airflow.providers.common.sql.operators.sql import SQLColumnCheckOperator, SQLTableCheckOperator
+from airflow.sdk import DAG, CronDataIntervalTimetable
+
+from batchkit.alerts import AlertRoute
+from batchkit.assets import table_asset
+from batchkit.dag_factory import standard_dag
+from batchkit.operators.sync import MergeIntervalOperator, StageIntervalOperator, VerifyIntervalOperator
+from batchkit.sync_spec import SyncSpec, load_spec, spec_path
+
+SYNC_KEY = "sync"
+MERGED_INTERVAL = "ti.xcom_pull(task_ids='merge')"
+
+
+def sync_dag(dag_file: str | Path) -> DAG:
+    """The DAG declared by include/automations/<stem of dag_file>.yaml."""
+    spec = load_spec(spec_path(Path(dag_file).stem))
+    return build_sync_dag(spec)
+
+
+def build_sync_dag(spec: SyncSpec) -> DAG:
+    target = spec.target_spec()
+    source = spec.source
+    common = {
+        "target": target,
+        "sync_key": SYNC_KEY,
+        "warehouse_conn_id": spec.target.conn_id,
+        "max_quarantine_ratio": spec.max_quarantine_ratio,
+    }
+    with standard_dag(
+        spec.dag_id,
+        owner=spec.owner,
+        tags=spec.tags,
+        schedule=CronDataIntervalTimetable(spec.schedule.cron, timezone=spec.schedule.timezone),
+        start_date=spec.start_datetime,
+        catchup=spec.schedule.catchup,
+        max_active_runs=spec.schedule.max_active_runs,
+        deadline=spec.deadline,
+        retries=spec.retries,
+        doc_md=sync_doc_md(spec),
+        description=spec.description,
+        alert_route=AlertRoute(
+            http_conn_id=spec.alerts.webhook_conn_id,
+            endpoint=spec.alerts.endpoint,
+            email_to=tuple(spec.alerts.email_to),
+        ),
+    ) as dag:
+        extract_stage = StageIntervalOperator(
+            task_id="extract_stage",
+            pool=source.pool,
+            http_conn_id=source.conn_id,
+            endpoint=source.endpoint,
+            pagination=source.pagination,
+            contract=spec.record_contract(),
+            interval_params=(source.interval_params.start, source.interval_params.end),
+            params=source.params,
+            **common,
+        )
+        verify_quarantine = VerifyIntervalOperator(
+            task_id="verify_quarantine", pool=spec.target.pool, **common
+        )
+        merge = MergeIntervalOperator(task_id="merge", pool=spec.target.pool, **common)
+        interval_column = spec.target.interval_column
+        in_interval = (
+            f"{interval_column} >= '{{{{ {MERGED_INTERVAL}['interval_start'] }}}}'::timestamptz "
+            f"AND {interval_column} < '{{{{ {MERGED_INTERVAL}['interval_end'] }}}}'::timestamptz"
+        )
+        check_keys = SQLColumnCheckOperator(
+            task_id="check_keys",
+            conn_id=spec.target.conn_id,
+            pool=spec.target.pool,
+            table=target.table,
+            column_mapping={column: {"null_check": {"equal_to": 0}} for column in target.key},
+            partition_clause=in_interval,
+        )
+        check_rows_and_freshness = SQLTableCheckOperator(
+            task_id="check_rows_and_freshness",
+            conn_id=spec.target.conn_id,
+            pool=spec.target.pool,
+            table=target.table,
+            checks={
+                "interval_row_count": {
+                    "check_statement": f"COUNT(*) >= {spec.quality.min_rows}",
+                    "partition_clause": in_interval,
+                },
+                "freshness": {
+                    "check_statement": (
+                        f"MAX({interval_column}) >= '{{{{ {MERGED_INTERVAL}['interval_end'] }}}}'::timestamptz"
+                        f" - interval '{spec.quality.max_staleness_hours} hours'"
+                    ),
+                },
+            },
+            outlets=[table_asset(target.table, conn_id=spec.target.conn_id)],
+        )
+        extract_stage >> verify_quarantine >> merge >> check_keys >> check_rows_and_freshness
+    return dag
+
+
+def sync_doc_md(spec: SyncSpec) -> str:
+    """The DAG's docs, from its YAML: purpose, inputs/outputs, backfill, rerun, alerts, runbook."""
+    target, source = spec.target, spec.source
+    return f"""# {spec.dag_id}
+
+{spec.description}
+
+Declared in `include/automations/{spec.dag_id}.yaml`; contract `include/contracts/{source.contract}.py`.
+
+| | |
+|---|---|
+| **Input** | `GET {source.endpoint}` on connection `{source.conn_id}` ({source.pagination.style} pagination), records with `{source.interval_params.start}` <= t < `{source.interval_params.end}` |
+| **Output** | `{target.table}` ({target.merge} on {", ".join(target.key)}), Asset `{table_asset(target.table, conn_id=target.conn_id).uri}` |
+| **Rejects** | `batch_meta.quarantine` (raw record + error); the run fails without retry above {spec.max_quarantine_ratio:.0%} |
+| **Schedule** | `{spec.schedule.cron}` ({spec.schedule.timezone}), each run owns [data_interval_start, data_interval_end) |
+| **Owner** | {spec.owner} |
+
+Tasks: `extract_stage` (pages -> validate -> staging + quarantine, checkpointed per page) ->
+`verify_quarantine` (received = loaded + quarantined, ratio) -> `merge` (one transaction) ->
+`check_keys`, `check_rows_and_freshness` (at least {spec.quality.min_rows} rows in the interval; newest
+`{target.interval_column}` within {spec.quality.max_staleness_hours} h of the interval end) -> the Asset.
+A manual run without a logical date loads the last complete interval before it was triggered.
+`dry_run=true` validates every page and writes nothing.
+
+## How to backfill
+`make backfill DAG={spec.dag_id} FROM=YYYY-MM-DD TO=YYYY-MM-DD` prints the runs it would create; add
+`EXECUTE=1` to create them (UI: *Trigger -> Backfill*). Use reprocess behaviour *completed* to reload
+intervals: each reload replaces the interval's data, it never appends.
+
+## How to rerun
+Clear the failed task *with downstream* (`make clear-failed DAG={spec.dag_id}`). `extract_stage`
+resumes after its last committed page; `merge` is one transaction, so a failed merge left nothing
+half-written, and a merge that already succeeded is not repeated.
+
+## Alerts
+- `task_failed`: a task failed its last retry (one alert per task per hour). Transient HTTP errors were
+  already retried with backoff inside the task and by Airflow; this is persistent.
+- `deadline_missed`: the run was not done {spec.deadline_minutes} min after it was queued.
+
+## Runbook
+{spec.runbook}
+"""
