@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: help venv run stop test lint format lock bench clean
+.PHONY: help venv run stop test lint format lock bench clean browser backfill clear-failed pause unpause import-errors silence
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -36,8 +36,31 @@ format: $(INSTALLED) ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: lint ## lint, then every test (unit, integration, end to end)
+browser: ## install Debian's Chromium for the UI test (once; needs root or sudo)
+	bash tools/install_browser.sh
+
+test: lint browser ## lint, then every test (unit, integration, end to end)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Operator verbs over the REST API of a running stack. Each prints what it will do; the ones that change
+# state are dry runs unless EXECUTE=1.
+OPS := $(BIN)/python -m tools.ops
+EXECUTE_FLAG = $(if $(filter 1,$(EXECUTE)),--execute)
+
+backfill: $(INSTALLED) ## dry-run a backfill: DAG=.. FROM=.. TO=.. [REPROCESS=none|failed|completed] [MAX_ACTIVE_RUNS=n] [EXECUTE=1]
+	$(OPS) backfill '$(DAG)' --from '$(FROM)' --to '$(TO)' $(if $(REPROCESS),--reprocess $(REPROCESS)) $(if $(MAX_ACTIVE_RUNS),--max-active-runs $(MAX_ACTIVE_RUNS)) $(EXECUTE_FLAG)
+
+clear-failed: $(INSTALLED) ## list failed tasks (and downstream) to rerun: DAG=.. [RUN_ID=..] [EXECUTE=1]
+	$(OPS) clear-failed '$(DAG)' $(if $(RUN_ID),--run-id '$(RUN_ID)') $(EXECUTE_FLAG)
+
+pause: $(INSTALLED) ## pause DAG=..
+	$(OPS) pause '$(DAG)'
+
+unpause: $(INSTALLED) ## unpause DAG=..
+	$(OPS) unpause '$(DAG)'
+
+import-errors: $(INSTALLED) ## list DAG files that fail to import (exit 1 if any)
+	$(OPS) import-errors
 
 lock: ## re-resolve requirements*.txt into constraints.txt in a throwaway venv
 	$(PYTHON) -m tools.lock

@@ -29,28 +29,51 @@ def free_port() -> int:
 StackFactory = Callable[..., tuple[AirflowStack, AirflowApi]]
 
 
-@pytest.fixture
-def start_stack(pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackFactory]:
-    """Start a stack over a given dags folder; returns (stack, authenticated REST client)."""
-    started: list[tuple[AirflowStack, str]] = []
+class StackStarter:
+    """Starts stacks on demand and remembers them, so `stop_all` ends every one, even half-started."""
 
-    def start(dags_folder: Path, *, settings_file: Path | None = None, extra_env: dict | None = None):
+    def __init__(self, pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self.pg_server = pg_server
+        self.tmp_path_factory = tmp_path_factory
+        self.started: list[tuple[AirflowStack, str]] = []
+
+    def __call__(
+        self, dags_folder: Path, *, settings_file: Path | None = None, extra_env: dict | None = None
+    ) -> tuple[AirflowStack, AirflowApi]:
         database = f"bk_e2e_meta_{free_port()}_{next(_counter)}"
-        ensure_database(pg_server, database)
+        ensure_database(self.pg_server, database)
         stack = AirflowStack(
-            airflow_home=tmp_path_factory.mktemp("airflow-home"),
-            sql_alchemy_conn=pg_server.sqlalchemy_url(database),
+            airflow_home=self.tmp_path_factory.mktemp("airflow-home"),
+            sql_alchemy_conn=self.pg_server.sqlalchemy_url(database),
             dags_folder=dags_folder,
             api_port=free_port(),
             extra_env=extra_env or {},
         )
-        started.append((stack, database))
+        self.started.append((stack, database))
         stack.prepare(settings_file=settings_file)
         stack.start()
         stack.wait_healthy()
         return stack, AirflowApi(stack.api_url, ADMIN_USER, stack.admin_password())
 
-    yield start
-    for stack, database in started:
-        stack.stop()
-        drop_database(pg_server, database)
+    def stop_all(self) -> None:
+        for stack, database in self.started:
+            stack.stop()
+            drop_database(self.pg_server, database)
+
+
+@pytest.fixture
+def start_stack(pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackFactory]:
+    """Start a stack over a given dags folder; returns (stack, authenticated REST client)."""
+    starter = StackStarter(pg_server, tmp_path_factory)
+    yield starter
+    starter.stop_all()
+
+
+@pytest.fixture(scope="module")
+def start_module_stack(
+    pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[StackFactory]:
+    """Like `start_stack`, but its stacks live until the test module ends: one stack for several tests."""
+    starter = StackStarter(pg_server, tmp_path_factory)
+    yield starter
+    starter.stop_all()
