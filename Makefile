@@ -62,6 +62,9 @@ unpause: $(INSTALLED) ## unpause DAG=..
 import-errors: $(INSTALLED) ## list DAG files that fail to import (exit 1 if any)
 	$(OPS) import-errors
 
+silence: $(INSTALLED) ## hold alerts: DAG=.. HOURS=.. REASON=".." [TASK=like-pattern]
+	PYTHONPATH=plugins $(BIN)/python -m tools.silence '$(DAG)' --hours '$(HOURS)' --reason '$(REASON)' $(if $(TASK),--task '$(TASK)')
+
 lock: ## re-resolve requirements*.txt into constraints.txt in a throwaway venv
 	$(PYTHON) -m tools.lock
 

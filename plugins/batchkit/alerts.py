@@ -2,8 +2,9 @@
 
 Both go out through the provider notifiers: HttpNotifier (JSON POST to the `alerts_webhook` connection)
 always, SmtpNotifier as well when the route names recipients. Task failures run `on_failure_callback`
-in the task's own process (sync); deadline callbacks run in the triggerer (async), which is why this
-module lives in plugins/ and why the deadline path uses the notifiers' async side.
+in the task's own process; deadline callbacks run in the triggerer (async, so this module lives in
+plugins/, importable there). Both pass through one gate, send_unless_recent: silences, a dedup window
+per (kind, dag_id, task_id), and a row in batch_meta.alert_log for every decision.
 
 Importing this module must stay cheap and I/O-free: every DAG file imports it through dag_factory at
 parse time, so provider hooks and notifiers are imported where they are used.
@@ -11,6 +12,7 @@ parse time, so provider hooks and notifiers are imported where they are used.
 
 from __future__ import annotations
 
+import asyncio
 import html
 import json
 from collections.abc import Callable, Mapping, Sequence
@@ -33,6 +35,8 @@ ALERT_LOG_DDL = "sql/batch_meta/alert_log.sql"
 ALERT_SILENCES_DDL = "sql/batch_meta/alert_silences.sql"
 DEFAULT_WEBHOOK_CONN_ID = "alerts_webhook"
 DEFAULT_WAREHOUSE_CONN_ID = "warehouse"
+DEDUP_MINUTES_VARIABLE = "batch_alert_dedup_minutes"
+DEFAULT_DEDUP_WINDOW = timedelta(minutes=60)
 HTTP_TIMEOUT_SECONDS = 10.0
 
 log = get_logger(__name__)
@@ -146,16 +150,11 @@ def build_notifiers(payload: Mapping[str, Any], route: AlertRoute) -> list[BaseN
     return notifiers
 
 
-# notify()/async_notify() are called directly rather than through BaseNotifier.__call__: the content is
+# notify() is called directly rather than through BaseNotifier.__call__: the content is
 # final, and Jinja-rendering the payload would choke on exception messages that contain "{{".
 def deliver(payload: Mapping[str, Any], route: AlertRoute) -> None:
     for notifier in build_notifiers(payload, route):
         notifier.notify({})
-
-
-async def deliver_async(payload: Mapping[str, Any], route: AlertRoute) -> None:
-    for notifier in build_notifiers(payload, route):
-        await notifier.async_notify({})
 
 
 def ensure_alert_log(conn: psycopg.Connection) -> None:
@@ -247,7 +246,7 @@ class FailureAlert(BaseNotifier):
         *,
         route: AlertRoute | None = None,
         warehouse_conn_id: str = DEFAULT_WAREHOUSE_CONN_ID,
-        dedup_window: timedelta = timedelta(minutes=60),
+        dedup_window: timedelta = DEFAULT_DEDUP_WINDOW,
     ) -> None:
         super().__init__()
         self.route = route or AlertRoute()
@@ -261,14 +260,27 @@ class FailureAlert(BaseNotifier):
                 "alert_skipped_will_retry", dag_id=ti.dag_id, task_id=ti.task_id, try_number=ti.try_number
             )
             return
-        from airflow.providers.postgres.hooks.postgres import PostgresHook
-
         payload = task_failure_payload(context)
-        with PostgresHook(postgres_conn_id=self.warehouse_conn_id).get_conn() as conn:
-            sent = send_unless_recent(
-                conn, payload, window=self.dedup_window, send=lambda: deliver(payload, self.route)
-            )
+        sent = send_logged(payload, self.route, self.warehouse_conn_id, dedup_window(self.dedup_window))
         log.info("failure_alert", sent=sent, dag_id=ti.dag_id, task_id=ti.task_id, run_id=ti.run_id)
+
+
+def dedup_window(default: timedelta) -> timedelta:
+    """Variable `batch_alert_dedup_minutes` (read when an alert fires, never at parse time), else `default`."""
+    from airflow.sdk import Variable
+
+    minutes = Variable.get(DEDUP_MINUTES_VARIABLE, default=None)
+    return default if minutes is None else timedelta(minutes=float(minutes))
+
+
+def send_logged(
+    payload: Mapping[str, Any], route: AlertRoute, warehouse_conn_id: str, window: timedelta
+) -> bool:
+    """Deliver unless silenced or a duplicate within `window`; the decision goes to batch_meta.alert_log."""
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    with PostgresHook(postgres_conn_id=warehouse_conn_id).get_conn() as conn:
+        return send_unless_recent(conn, payload, window=window, send=lambda: deliver(payload, route))
 
 
 async def deadline_missed(
@@ -279,18 +291,27 @@ async def deadline_missed(
     email_to: Sequence[str] = (),
     smtp_conn_id: str | None = None,
     deadline_interval_seconds: float | None = None,
+    warehouse_conn_id: str = DEFAULT_WAREHOUSE_CONN_ID,
 ) -> dict[str, Any]:
     """AsyncCallback for a DeadlineAlert; the triggerer calls it with the callback's kwargs + `context`.
 
-    Returns the payload, which Airflow keeps as the callback's result.
+    Airflow keeps a run's deadline until the run succeeds, so it also fires for a run that already
+    FAILED: that run's task_failed alert has said everything, and this one is skipped. Otherwise it goes
+    through the same silences, per-DAG dedup window and alert log as task failures (in a worker thread:
+    the triggerer's event loop must not block on Postgres or HTTP). Returns the payload, which Airflow
+    keeps as the callback's result.
     """
     if context is None:
         raise ValueError("deadline_missed needs the context Airflow passes to deadline callbacks")
     payload = deadline_payload(context, deadline_interval_seconds=deadline_interval_seconds)
+    if payload.get("state") == "failed":
+        log.info("deadline_alert_skipped_run_failed", dag_id=payload["dag_id"], run_id=payload["run_id"])
+        return {**payload, "outcome": "skipped: the run already failed and alerted"}
     route = AlertRoute(
         http_conn_id=http_conn_id, endpoint=endpoint, email_to=tuple(email_to), smtp_conn_id=smtp_conn_id
     )
-    await deliver_async(payload, route)
+    sent = await asyncio.to_thread(send_logged, payload, route, warehouse_conn_id, DEFAULT_DEDUP_WINDOW)
+    log.info("deadline_alert", sent=sent, dag_id=payload["dag_id"], run_id=payload["run_id"])
     return payload
 
 

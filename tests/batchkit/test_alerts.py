@@ -259,3 +259,13 @@ def test_a_silence_needs_a_reason_and_a_positive_duration(warehouse: psycopg.Con
         silence(warehouse, dag_id="any", duration=timedelta(hours=1), reason=" ")
     with pytest.raises(ValueError, match="positive duration"):
         silence(warehouse, dag_id="any", duration=timedelta(0), reason="maintenance")
+
+
+def test_deadline_callback_skips_a_run_that_already_failed_and_alerted(webhook: Webhook) -> None:
+    context = _deadline_context("scheduled__2026-02-27T03:00:00+00:00", datetime(2026, 3, 1, 5, tzinfo=UTC))
+    context["dag_run"]["state"] = "failed"
+
+    returned = asyncio.run(deadline_missed(context=context, **AlertRoute(endpoint="/alerts").as_kwargs()))
+
+    assert returned["outcome"].startswith("skipped")
+    assert webhook.wait_for(1, timeout=1) == []
