@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: help venv run stop test lint format lock bench clean browser backfill clear-failed pause unpause import-errors silence
+.PHONY: help venv run stop test lint format lock bench clean browser backfill clear-failed pause unpause import-errors silence new-sync catalog
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -64,6 +64,12 @@ import-errors: $(INSTALLED) ## list DAG files that fail to import (exit 1 if any
 
 silence: $(INSTALLED) ## hold alerts: DAG=.. HOURS=.. REASON=".." [TASK=like-pattern]
 	PYTHONPATH=plugins $(BIN)/python -m tools.silence '$(DAG)' --hours '$(HOURS)' --reason '$(REASON)' $(if $(TASK),--task '$(TASK)')
+
+new-sync: $(INSTALLED) ## scaffold a YAML sync: NAME=.. [DOMAIN=..] [OWNER=..] [RESOURCE=orders|customers]
+	$(BIN)/python -m tools.new_sync '$(NAME)' $(if $(DOMAIN),--domain '$(DOMAIN)') $(if $(OWNER),--owner '$(OWNER)') $(if $(RESOURCE),--resource '$(RESOURCE)')
+
+catalog: $(INSTALLED) ## regenerate docs/dags.md, the DAG catalog (CI fails while it is stale)
+	$(BIN)/python -m tools.dag_catalog
 
 lock: ## re-resolve requirements*.txt into constraints.txt in a throwaway venv
 	$(PYTHON) -m tools.lock

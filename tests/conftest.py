@@ -44,6 +44,9 @@ os.environ.update(
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if "airflow.settings" in sys.modules:
+        # Close Airflow's pooled connections first: the drop would cut them and log errors at exit.
+        sys.modules["airflow.settings"].dispose_orm()
     drop_database(PG_SERVER, METADATA_DB)
     drop_database(PG_SERVER, WAREHOUSE_DB)
     shutil.rmtree(AIRFLOW_HOME, ignore_errors=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Self
 
-from pydantic import StringConstraints, model_validator
+from pydantic import Field, StringConstraints, model_validator
 
 from batchkit.contracts import RecordContract
 from batchkit.load import TargetSpec
@@ -16,7 +16,8 @@ class Order(SourceRecord):
     customer_id: RecordId
     order_ts: Timestamp
     updated_at: Timestamp
-    amount: Money
+    # An order's amount is never negative: refunds are separate documents in the shop's API.
+    amount: Annotated[Money, Field(ge=0)]
     status: Annotated[str, StringConstraints(strict=True, pattern=r"^[a-z][a-z_]{0,31}$")]
 
     @model_validator(mode="after")

@@ -52,6 +52,7 @@ def build_sync_dag(spec: SyncSpec) -> DAG:
         max_active_runs=spec.schedule.max_active_runs,
         deadline=spec.deadline,
         retries=spec.retries,
+        retry_delay=spec.retry_delay,
         doc_md=sync_doc_md(spec),
         description=spec.description,
         alert_route=AlertRoute(

@@ -126,6 +126,8 @@ class SyncSpec(_Strict):
     schedule: ScheduleSpec
     deadline_minutes: int = Field(ge=1)
     retries: int = Field(default=3, ge=2)
+    # The first retry's delay; later ones grow exponentially (standard_dag's backoff, capped).
+    retry_delay_seconds: int = Field(default=30, ge=1)
     alerts: AlertSpec = AlertSpec()
     source: SourceSpec
     target: TargetSection
@@ -170,6 +172,10 @@ class SyncSpec(_Strict):
     @property
     def deadline(self) -> timedelta:
         return timedelta(minutes=self.deadline_minutes)
+
+    @property
+    def retry_delay(self) -> timedelta:
+        return timedelta(seconds=self.retry_delay_seconds)
 
     @property
     def start_datetime(self) -> datetime:

@@ -1,0 +1,154 @@
+"""Sync files (include/automations/*.yaml) that do not validate are refused, naming the file and field,
+both by load_spec and as the import error of the DAG file that reads them."""
+
+from __future__ import annotations
+
+import copy
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from batchkit.sql_files import INCLUDE_DIR_ENV
+from batchkit.sync_dag import build_sync_dag
+from batchkit.sync_spec import SyncSpecError, automations_dir, load_spec
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DAG_ID = "sales_orders_sync"
+DAG_FILE = REPO_ROOT / "dags" / "sales" / f"{DAG_ID}.py"
+REPO_SPEC = REPO_ROOT / "include" / "automations" / f"{DAG_ID}.yaml"
+INJECTION = "orders; drop table x"
+
+
+def declared() -> dict[str, Any]:
+    """The repo's sales_orders_sync.yaml as a document, to break one field at a time."""
+    return yaml.safe_load(REPO_SPEC.read_text(encoding="utf-8"))
+
+
+def with_field(document: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    changed = copy.deepcopy(document)
+    *parents, name = dotted.split(".")
+    section = changed
+    for parent in parents:
+        section = section[parent]
+    section[name] = value
+    return changed
+
+
+def write_spec(folder: Path, stem: str, document: dict[str, Any]) -> Path:
+    path = folder / f"{stem}.yaml"
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("path", sorted(automations_dir().glob("*.yaml")), ids=lambda path: path.stem)
+def test_the_repo_sync_files_validate(path: Path) -> None:
+    spec = load_spec(path)
+    assert spec.dag_id == path.stem
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "named_in_error"),
+    [
+        pytest.param(
+            "target.partition_by",
+            "day",
+            "target.partition_by: Extra inputs are not permitted",
+            id="unknown_field",
+        ),
+        pytest.param(
+            "schedule_typo",
+            "0 2 * * *",
+            "schedule_typo: Extra inputs are not permitted",
+            id="unknown_top_level_field",
+        ),
+        pytest.param(
+            "target.table", INJECTION, f"target.table: Value error, {INJECTION!r}", id="sql_as_table"
+        ),
+        pytest.param("target.key", [INJECTION], "target.key.0: String should match pattern", id="sql_as_key"),
+        pytest.param(
+            "schedule.cron",
+            "61 25 * * *",
+            "schedule.cron: Value error, '61 25 * * *' is not a valid cron expression",
+            id="bad_cron",
+        ),
+        pytest.param(
+            "source.contract",
+            "invoices",
+            "source.contract: no contract module include/contracts/invoices.py",
+            id="missing_contract",
+        ),
+        pytest.param(
+            "target.key",
+            ["customer_id"],
+            "target.key is ('customer_id',) but contract 'orders' declares ('order_id',)",
+            id="key_disagrees_with_contract",
+        ),
+        pytest.param(
+            "retry_delay_seconds",
+            0,
+            "retry_delay_seconds: Input should be greater than or equal to 1",
+            id="zero_retry_delay",
+        ),
+    ],
+)
+def test_an_invalid_sync_file_is_refused_naming_the_file_and_field(
+    tmp_path: Path, field: str, value: Any, named_in_error: str
+) -> None:
+    path = write_spec(tmp_path, DAG_ID, with_field(declared(), field, value))
+
+    with pytest.raises(SyncSpecError) as refused:
+        load_spec(path)
+
+    message = str(refused.value)
+    assert message.startswith(f"{path}: ")
+    assert named_in_error in message
+
+
+def test_a_dag_id_that_is_not_the_file_name_is_refused(tmp_path: Path) -> None:
+    path = write_spec(tmp_path, "sales_orders_copy", declared())
+
+    with pytest.raises(SyncSpecError) as refused:
+        load_spec(path)
+
+    assert str(refused.value) == (f"{path}: dag_id {DAG_ID!r} must match the file name 'sales_orders_copy'")
+
+
+def test_the_retry_delay_comes_from_the_file(tmp_path: Path) -> None:
+    default = load_spec(write_spec(tmp_path, DAG_ID, declared()))
+    quick = load_spec(write_spec(tmp_path, DAG_ID, with_field(declared(), "retry_delay_seconds", 5)))
+
+    assert build_sync_dag(default).default_args["retry_delay"] == timedelta(seconds=30)
+    assert build_sync_dag(quick).default_args["retry_delay"] == timedelta(seconds=5)
+
+
+def test_the_dag_file_of_an_invalid_sync_file_becomes_an_import_error_naming_file_and_field(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    from batchkit.sql_files import include_dir
+
+    include = tmp_path / "include"
+    (include / "automations").mkdir(parents=True)
+    (include / "sql").symlink_to(include_dir() / "sql")
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    dag_file = dags / DAG_FILE.name
+    dag_file.write_text(DAG_FILE.read_text())
+    monkeypatch.setenv(INCLUDE_DIR_ENV, str(include))
+
+    spec_file = write_spec(include / "automations", DAG_ID, declared())
+    valid = DagBag(dag_folder=dag_file)
+    assert (valid.import_errors, list(valid.dags)) == ({}, [DAG_ID]), "the setup itself must parse"
+
+    write_spec(include / "automations", DAG_ID, with_field(declared(), "target.table", INJECTION))
+    invalid = DagBag(dag_folder=dag_file)
+
+    assert invalid.dags == {}
+    [(errored_file, error)] = invalid.import_errors.items()
+    assert errored_file == str(dag_file)
+    assert f"SyncSpecError: {spec_file}: invalid sync file" in error
+    assert f"target.table: Value error, {INJECTION!r}" in error
