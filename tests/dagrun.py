@@ -39,6 +39,11 @@ def run_dag(
     """
     testable = copy.deepcopy(dag)
     testable.deadline = None
+    # DAG.__deepcopy__ shares the Param objects, and dag.test() writes the run's conf into them: without
+    # fresh copies one run's conf (dry_run=true) would leak into the next run of the same DAG.
+    testable.params = copy.deepcopy(dag.params)
+    for task in testable.tasks:
+        task.params = copy.deepcopy(task.params)
     return testable.test(logical_date=logical_date, run_conf=conf, run_after=run_after)
 
 

@@ -244,6 +244,18 @@ def warehouse_env(server: PgServer) -> dict[str, str]:
     return {k: os.environ.get(k, v) for k, v in env.items()}
 
 
+def metadata_db_env(sql_alchemy_conn: str) -> dict[str, str]:
+    """METADATA_DB_* for airflow_settings.yaml's `airflow_metadata_db` connection (platform_cleanup)."""
+    server, database = PgServer.from_url(sql_alchemy_conn)
+    return {
+        "METADATA_DB_HOST": server.host,
+        "METADATA_DB_PORT": str(server.port),
+        "METADATA_DB_USER": server.user,
+        "METADATA_DB_PASSWORD": server.password or "",
+        "METADATA_DB_NAME": database,
+    }
+
+
 def _redact(url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -265,6 +277,7 @@ def run() -> int:
     demo_port = int(os.environ.get("DEMO_API_PORT", "8081"))
     extra_env = {
         **warehouse_env(server),
+        **metadata_db_env(sql_alchemy_conn),
         "DEMO_API_URL": os.environ.get("DEMO_API_URL", f"http://127.0.0.1:{demo_port}"),
         "ALERTS_WEBHOOK_URL": os.environ.get("ALERTS_WEBHOOK_URL", f"http://127.0.0.1:{demo_port}/alerts"),
     }

@@ -30,11 +30,16 @@ REPO_ENV = {
     "WAREHOUSE_USER": "etl",
     "WAREHOUSE_PASSWORD": "warehouse-test-password",
     "WAREHOUSE_DB": "warehouse",
+    "METADATA_DB_HOST": "127.0.0.1",
+    "METADATA_DB_PORT": "5432",
+    "METADATA_DB_USER": "airflow",
+    "METADATA_DB_PASSWORD": "metadata-test-password",
+    "METADATA_DB_NAME": "airflow",
     "DEMO_API_URL": "http://127.0.0.1:8081",
     "DEMO_API_TOKEN": "demo-test-token",
 }
 REPO_IDS = {
-    "connection": ("conn_id", ["warehouse", "demo_api", "alerts_webhook"]),
+    "connection": ("conn_id", ["warehouse", "airflow_metadata_db", "demo_api", "alerts_webhook"]),
     "slot_pool": ("pool", ["demo_api", "warehouse"]),
     "variable": ("key", ["batch_quarantine_max_ratio", "batch_alert_dedup_minutes"]),
 }
@@ -106,8 +111,10 @@ def test_repo_file_writes_no_secret_inline() -> None:
             for item in node:
                 yield from secret_values(item)
 
-    found = list(secret_values(yaml.safe_load(REPO_SETTINGS.read_text())))
-    assert [key for key, _ in found].count("conn_password") == 2
+    document = yaml.safe_load(REPO_SETTINGS.read_text())
+    found = list(secret_values(document))
+    with_password = [c for c in document["airflow"]["connections"] if "conn_password" in c]
+    assert [key for key, _ in found].count("conn_password") == len(with_password) >= 1
     for key, value in found:
         assert isinstance(value, str), f"{key} holds a literal: {value!r}"
         assert BARE_REFERENCE.fullmatch(value), f"{key} holds a literal: {value!r}"
@@ -121,7 +128,11 @@ def test_check_validates_the_repo_file_without_a_database() -> None:
         AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="postgresql+psycopg2://nobody@127.0.0.1:9/none",
     )
     assert result.returncode == 0, result.stderr
-    assert f"{REPO_SETTINGS}: valid (3 connections, 2 pools, 2 variables)" in result.stdout
+    counts = {kind: len(ids) for kind, (_, ids) in REPO_IDS.items()}
+    assert (
+        f"{REPO_SETTINGS}: valid ({counts['connection']} connections, {counts['slot_pool']} pools, "
+        f"{counts['variable']} variables)" in result.stdout
+    )
 
 
 # --- validation --------------------------------------------------------------------------------------
@@ -390,8 +401,8 @@ def test_apply_creates_the_rows_and_a_second_apply_changes_nothing(metadata_db: 
     first = run_cli("apply", REPO_SETTINGS)
     assert first.returncode == 0, first.stderr
     assert (
-        f"applied {REPO_SETTINGS}: connections 3 created, 0 updated, 0 unchanged; pools 2 created, "
-        in first.stdout
+        f"applied {REPO_SETTINGS}: connections {len(REPO_IDS['connection'][1])} created, 0 updated, "
+        f"0 unchanged; pools {len(REPO_IDS['slot_pool'][1])} created, " in first.stdout
     )
     assert "variables 2 created, 0 updated, 0 unchanged" in first.stdout
     assert read_connection(metadata_db, "warehouse") == (
@@ -424,8 +435,9 @@ def test_apply_creates_the_rows_and_a_second_apply_changes_nothing(metadata_db: 
     second = run_cli("apply", REPO_SETTINGS)
     assert second.returncode == 0, second.stderr
     assert (
-        f"applied {REPO_SETTINGS}: connections 0 created, 0 updated, 3 unchanged; "
-        "pools 0 created, 0 updated, 2 unchanged; variables 0 created, 0 updated, 2 unchanged"
+        f"applied {REPO_SETTINGS}: connections 0 created, 0 updated, {len(REPO_IDS['connection'][1])} "
+        f"unchanged; pools 0 created, 0 updated, {len(REPO_IDS['slot_pool'][1])} unchanged; "
+        f"variables 0 created, 0 updated, {len(REPO_IDS['variable'][1])} unchanged"
     ) in second.stdout
     assert snapshot(metadata_db) == after_first
 

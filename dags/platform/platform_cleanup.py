@@ -1,0 +1,152 @@
+"""platform_cleanup: daily retention for what the batch automations and Airflow itself leave behind."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from datetime import timedelta
+from typing import Any
+
+import pendulum
+from airflow.sdk import BaseHook, CronTriggerTimetable, Param, Variable, get_current_context, task
+
+from batchkit.dag_factory import dry_run_requested, standard_dag
+from batchkit.observability import get_logger, run_fields
+from batchkit.report import REPORTS_BASE_VARIABLE, report_folder, reports_base
+from batchkit.retention import (
+    PARAM_DESCRIPTIONS,
+    RetentionPolicy,
+    airflow_db_clean,
+    metadata_db_url,
+    purge_report_files,
+    purge_warehouse,
+    sync_targets,
+)
+from batchkit.taxonomy import Tag
+
+WAREHOUSE_POOL = "warehouse"
+# The metadata DB, granted to this DAG alone: Airflow 3 blocks it for task code (see batchkit.retention).
+METADATA_DB_CONN_ID = "airflow_metadata_db"
+
+DEFAULTS = RetentionPolicy()
+DOC = f"""
+# platform_cleanup
+
+Removes what is older than its retention age (params, in days; defaults in brackets), measured back
+from the run's `run_after`, and logs the count per table (`removed` lines, and the tasks' XComs):
+
+| Task | Removes |
+|---|---|
+| `purge_warehouse` (pool `warehouse`) | sync staging tables `batch_meta.stg_*` of intervals whose checkpoint was last updated more than `staging_days` [{DEFAULTS.staging_days}] ago (a run that died and was never rerun); rows of `batch_meta.quarantine` [{DEFAULTS.quarantine_days}], `batch_meta.checkpoints` [{DEFAULTS.checkpoint_days}], `batch_meta.side_effects` (the ledger) [{DEFAULTS.ledger_days}], `batch_meta.alert_log` [{DEFAULTS.alert_log_days}] |
+| `purge_report_files` | report files (`<base>/sales_daily/sales_daily_<day>.*`) of days more than `report_file_days` [{DEFAULTS.report_file_days}] back; `<base>` as sales_daily_report resolves it (Variable `{REPORTS_BASE_VARIABLE}`) |
+| `clean_airflow_metadata` | `airflow db clean --clean-before-timestamp <run_after - metadata_days> --skip-archive --yes` [{DEFAULTS.metadata_days}]: dag runs, task instances, logs, XComs, jobs... (the last scheduled run of each DAG is kept by db clean) |
+
+Logic in `plugins/batchkit/retention.py`. `dry_run=true` counts what each step would remove (db clean
+with `--dry-run`) and removes nothing. A ledger row removed means a rerun of that old key would perform
+its action again (e.g. re-send a report older than `ledger_days`).
+
+`clean_airflow_metadata` runs the `airflow` CLI in a subprocess of the task. Airflow 3 denies task
+processes the metadata DB (the supervisor replaces their `sql_alchemy_conn` with
+`airflow-db-not-allowed:///`), so the command gets the database from connection
+`{METADATA_DB_CONN_ID}` (conn_type postgres: host or socket directory, port, login, password, schema =
+database), which only this DAG uses. The worker must be able to reach that database.
+
+## How to backfill
+Nothing to backfill: each run removes what is old relative to itself, and a later run covers what an
+earlier one missed (`catchup=False`).
+
+## How to rerun
+Clear the failed task. Every step is idempotent: a rerun removes what is still there and old relative
+to the same `run_after`, never more.
+
+## Alerts
+- `task_failed` on `purge_warehouse`: the warehouse is unreachable or a retention param is invalid.
+- `task_failed` on `purge_report_files`: the reports location is unreachable.
+- `task_failed` on `clean_airflow_metadata`: `airflow db clean` exited non-zero (its output is in the
+  task log; often a lock timeout while the scheduler is busy), or connection `{METADATA_DB_CONN_ID}` is
+  missing or wrong.
+- `deadline_missed`: the run was not done 1 h after it was queued.
+
+## Runbook
+- Any failure: nothing is half-removed in a way that matters (each table is one statement); clear the
+  task. For a first cleanup of a large backlog, trigger with a large age first and lower it step by step.
+- `staging_owner_unknown` warning: old checkpoints of a DAG that no longer has a sync file; drop its
+  `batch_meta.stg_*` tables by hand if any remain.
+- Check before a big change: trigger with `dry_run=true` and read the counts.
+"""
+
+log = get_logger(__name__)
+
+
+def _policy_and_now(context: Any) -> tuple[RetentionPolicy, Any]:
+    return RetentionPolicy.from_params(context["params"]), context["dag_run"].run_after
+
+
+with standard_dag(
+    "platform_cleanup",
+    owner="platform-team",
+    tags=[Tag.DOMAIN_PLATFORM, Tag.KIND_MAINTENANCE, Tag.TIER_3],
+    schedule=CronTriggerTimetable("30 4 * * *", timezone="UTC"),
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    deadline=timedelta(hours=1),
+    doc_md=DOC,
+    description="Daily retention: staging, quarantine, checkpoints, ledger, alert log, report files, Airflow metadata.",
+    params={
+        field.name: Param(
+            getattr(DEFAULTS, field.name),
+            type="integer",
+            minimum=1,
+            description=PARAM_DESCRIPTIONS[field.name],
+        )
+        for field in fields(RetentionPolicy)
+    },
+):
+
+    @task(task_id="purge_warehouse", pool=WAREHOUSE_POOL)
+    def purge_warehouse_leftovers() -> dict[str, int]:
+        from batchkit.hooks.warehouse import WarehouseHook
+
+        context = get_current_context()
+        policy, now = _policy_and_now(context)
+        dry_run = dry_run_requested(context)
+        with WarehouseHook().autocommit_connection() as conn:
+            removed = purge_warehouse(conn, policy, now=now, targets_by_dag=sync_targets(), dry_run=dry_run)
+        for table, count in removed.items():
+            log.info("removed", table=table, rows=count, dry_run=dry_run, **run_fields(context))
+        return removed
+
+    @task(task_id="purge_report_files")
+    def purge_old_report_files() -> dict[str, int]:
+        context = get_current_context()
+        policy, now = _policy_and_now(context)
+        dry_run = dry_run_requested(context)
+        folder = report_folder(reports_base(Variable.get(REPORTS_BASE_VARIABLE, default=None)))
+        older_than = policy.cutoff("report_file_days", now).date()
+        removed = {str(folder): purge_report_files(folder, older_than=older_than, dry_run=dry_run)}
+        log.info(
+            "removed",
+            location=str(folder),
+            files=removed[str(folder)],
+            dry_run=dry_run,
+            **run_fields(context),
+        )
+        return removed
+
+    @task
+    def clean_airflow_metadata() -> dict[str, int]:
+        context = get_current_context()
+        policy, now = _policy_and_now(context)
+        dry_run = dry_run_requested(context)
+        removed = airflow_db_clean(
+            policy.cutoff("metadata_days", now),
+            dry_run=dry_run,
+            sql_alchemy_conn=metadata_db_url(BaseHook.get_connection(METADATA_DB_CONN_ID)),
+        )
+        for table, count in removed.items():
+            log.info("removed", table=table, rows=count, dry_run=dry_run, **run_fields(context))
+        return removed
+
+    purge_warehouse_leftovers()
+    purge_old_report_files()
+    clean_airflow_metadata()

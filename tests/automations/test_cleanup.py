@@ -1,0 +1,351 @@
+"""platform_cleanup end to end: dag.test() against the real warehouse, report files on local disk and this
+session's Airflow metadata DB, where `airflow db clean` really runs.
+
+Everything is seeded with explicit timestamps one day either side of its retention age, so each
+assertion says exactly which rows, tables, files and dag runs are old. tests/automations/conftest.py
+empties checkpoints, quarantine, the alert log and staging before each test.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pendulum
+import psycopg
+import pytest
+from psycopg.types.json import Jsonb
+from sqlalchemy.engine import make_url
+
+from batchkit.checkpoints import RunIdentity
+from batchkit.intervals import DataInterval
+from batchkit.load.postgres import prepare_staging, stage_rows
+from batchkit.report import REPORT_NAME
+from batchkit.retention import RetentionPolicy, metadata_db_url
+from batchkit.sql_files import apply_sql_file
+from batchkit.sync_spec import load_spec, spec_path
+from tests.dagrun import parse_dag, run_dag
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CLEANUP_FILE = REPO_ROOT / "dags" / "platform" / "platform_cleanup.py"
+SMOKE_FILE = REPO_ROOT / "dags" / "platform" / "platform_smoke.py"
+CLEANUP_TASKS = ("purge_warehouse", "purge_report_files", "clean_airflow_metadata")
+# Dag runs dag.test() creates start at their logical date: every run of this suite starts in 2026 or
+# later, after METADATA_CUTOFF; the old run is a real run moved back to OLD_RUN_START.
+METADATA_CUTOFF = datetime(2021, 1, 1, tzinfo=UTC)
+# What airflow.sdk.execution_time.supervisor.block_orm_access() puts in a task process's environment.
+BLOCKED_METADATA_DB = "airflow-db-not-allowed:///"
+OLD_RUN_START = datetime(2020, 6, 1, 5, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Seeded:
+    """What the test put in place, by what must happen to it."""
+
+    old_staging: list[str]
+    kept_staging: list[str]
+    checkpoints_removed: set[tuple[str, datetime]]
+    checkpoints_kept: set[tuple[str, datetime]]
+
+
+def ago(now: datetime, days: int, *, margin: int) -> datetime:
+    """`days` + `margin` days before `now`: margin +1 is just old enough to go, -1 just young enough to stay."""
+    return now - timedelta(days=days + margin)
+
+
+@pytest.fixture
+def policy() -> RetentionPolicy:
+    days_to_cutoff = (datetime.now(UTC) - METADATA_CUTOFF).days
+    return RetentionPolicy(
+        staging_days=7,
+        quarantine_days=30,
+        checkpoint_days=60,
+        ledger_days=90,
+        alert_log_days=45,
+        report_file_days=100,
+        metadata_days=days_to_cutoff,
+    )
+
+
+@pytest.fixture
+def metadata_db_connection(airflow_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Connection `airflow_metadata_db` to this session's metadata DB, as the deployment grants it."""
+    url = make_url(airflow_db)
+    socket_dir = url.query.get("host")
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_AIRFLOW_METADATA_DB",
+        json.dumps(
+            {
+                "conn_type": "postgres",
+                "host": socket_dir or url.host,
+                "port": url.port,
+                "login": url.username,
+                "password": url.password,
+                "schema": url.database,
+            }
+        ),
+    )
+
+
+@pytest.fixture
+def reports_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "reports"
+    monkeypatch.setenv("AIRFLOW_VAR_REPORTS_BASE_PATH", folder.as_uri())
+    return folder
+
+
+def staging_table(conn: psycopg.Connection, dag_id: str, interval_start: datetime) -> str:
+    """Create the staging table the sync library makes for this interval (empty), and return its name."""
+    target = load_spec(spec_path(dag_id)).target_spec()
+    identity = RunIdentity(
+        dag_id, "sync", "seed", DataInterval(interval_start, interval_start + timedelta(days=1))
+    )
+    staging = prepare_staging(conn, target, identity.scope())
+    with conn.transaction():
+        stage_rows(conn, staging, [])
+    return staging.table
+
+
+def checkpoint(
+    conn: psycopg.Connection, dag_id: str, interval_start: datetime, state: str, updated_at: datetime
+) -> None:
+    conn.execute(
+        """
+        INSERT INTO batch_meta.checkpoints (dag_id, task_id, interval_start, interval_end, run_id, state, updated_at)
+        VALUES (%s, 'sync', %s, %s, 'seed', %s, %s)
+        """,
+        (dag_id, interval_start, interval_start + timedelta(days=1), state, updated_at),
+    )
+
+
+def seed_warehouse(conn: psycopg.Connection, policy: RetentionPolicy, now: datetime) -> Seeded:
+    apply_sql_file(conn, "sql/batch_meta/side_effects.sql")
+    conn.execute("TRUNCATE batch_meta.side_effects")
+    intervals = [datetime(2026, 2, day, 2, tzinfo=UTC) for day in range(1, 6)]
+    staging_days, checkpoint_days = policy.staging_days, policy.checkpoint_days
+
+    # A died 8 days ago (staging goes, checkpoint stays); B 6 days ago (both stay); C is complete and
+    # 61 days old, E died 61 days ago (both go, with E's staging); D belongs to a DAG without a sync file.
+    checkpoint(conn, "sales_orders_sync", intervals[0], "in_progress", ago(now, staging_days, margin=1))
+    checkpoint(conn, "sales_orders_sync", intervals[1], "in_progress", ago(now, staging_days, margin=-1))
+    checkpoint(conn, "crm_customers_sync", intervals[2], "complete", ago(now, checkpoint_days, margin=1))
+    checkpoint(conn, "retired_sync", intervals[3], "in_progress", ago(now, staging_days, margin=1))
+    checkpoint(conn, "sales_orders_sync", intervals[4], "in_progress", ago(now, checkpoint_days, margin=1))
+    old_staging = [staging_table(conn, "sales_orders_sync", intervals[i]) for i in (0, 4)]
+    kept_staging = [staging_table(conn, "sales_orders_sync", intervals[1])]
+
+    for margin in (1, -1):
+        conn.execute(
+            """
+            INSERT INTO batch_meta.quarantine (dag_id, task_id, run_id, interval_start, interval_end, source,
+                                               page_number, record_index, payload, error, created_at)
+            VALUES ('sales_orders_sync', 'sync', 'seed', %s, %s, 'orders', 1, 0, %s, 'bad amount', %s)
+            """,
+            (
+                intervals[0],
+                intervals[1],
+                Jsonb({"margin": margin}),
+                ago(now, policy.quarantine_days, margin=margin),
+            ),
+        )
+        conn.execute(
+            "INSERT INTO batch_meta.side_effects (effect_key, state, attempts, updated_at) VALUES (%s, 'done', 1, %s)",
+            (f"seed:{margin}", ago(now, policy.ledger_days, margin=margin)),
+        )
+        conn.execute(
+            """
+            INSERT INTO batch_meta.alert_log (kind, dag_id, task_id, outcome, payload, created_at)
+            VALUES ('task_failed', 'seed', %s, 'sent', '{}', %s)
+            """,
+            (str(margin), ago(now, policy.alert_log_days, margin=margin)),
+        )
+    return Seeded(
+        old_staging=old_staging,
+        kept_staging=kept_staging,
+        checkpoints_removed={("crm_customers_sync", intervals[2]), ("sales_orders_sync", intervals[4])},
+        checkpoints_kept={
+            ("sales_orders_sync", intervals[0]),
+            ("sales_orders_sync", intervals[1]),
+            ("retired_sync", intervals[3]),
+        },
+    )
+
+
+def seed_report_files(folder: Path, policy: RetentionPolicy, today: date) -> tuple[set[str], set[str]]:
+    """(old, kept) file names: a day just past the age, a day just within it, and files that are not reports."""
+    old_day = today - timedelta(days=policy.report_file_days + 1)
+    kept_day = today - timedelta(days=policy.report_file_days - 1)
+    old = {f"{REPORT_NAME}_{old_day.isoformat()}.{fmt}" for fmt in ("csv", "html")}
+    kept = {f"{REPORT_NAME}_{kept_day.isoformat()}.{fmt}" for fmt in ("csv", "html")}
+    kept |= {"README.txt", f"{REPORT_NAME}_{old_day.isoformat()}.csv.bak"}
+    folder.mkdir(parents=True)
+    for name in old | kept:
+        (folder / name).write_text("seed\n")
+    return old, kept
+
+
+def existing_tables(conn: psycopg.Connection, tables: list[str]) -> set[str]:
+    return {table for table in tables if conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0]}
+
+
+def checkpoints(conn: psycopg.Connection) -> set[tuple[str, datetime]]:
+    return set(conn.execute("SELECT dag_id, interval_start FROM batch_meta.checkpoints").fetchall())
+
+
+def margins_left(conn: psycopg.Connection) -> dict[str, list[str]]:
+    """Which seeded row (by its margin: '1' old, '-1' recent) remains in each table."""
+    return {
+        "quarantine": [r[0] for r in conn.execute("SELECT payload->>'margin' FROM batch_meta.quarantine")],
+        "side_effects": [
+            r[0] for r in conn.execute("SELECT split_part(effect_key, ':', 2) FROM batch_meta.side_effects")
+        ],
+        "alert_log": [r[0] for r in conn.execute("SELECT task_id FROM batch_meta.alert_log")],
+    }
+
+
+def dag_run_start(run_id: str) -> datetime | None:
+    """The run's start_date, or None once the run is gone; also fails if its task instances outlived it."""
+    from airflow.models.dagrun import DagRun
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import func, select
+
+    with create_session() as session:
+        start = session.scalar(select(DagRun.start_date).where(DagRun.run_id == run_id))
+        task_instances = session.scalar(select(func.count()).where(TaskInstance.run_id == run_id))
+    assert (start is None) == (task_instances == 0), f"{run_id}: dag run and task instances disagree"
+    return start
+
+
+def smoke_runs() -> tuple[str, str]:
+    """(old, recent) run ids: two real runs of platform_smoke, the first then dated back to OLD_RUN_START
+    (the run and its task instances), as if it had run in 2020."""
+    from airflow.models.dagrun import DagRun
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import update
+
+    smoke = parse_dag(SMOKE_FILE, "platform_smoke")
+    old, recent = (run_dag(smoke, pendulum.datetime(2026, 6, day, 5, tz="UTC")).run_id for day in (1, 2))
+    dated_back = {"start_date": OLD_RUN_START, "end_date": OLD_RUN_START + timedelta(minutes=1)}
+    with create_session() as session:
+        session.execute(update(DagRun).where(DagRun.run_id == old).values(**dated_back))
+        session.execute(update(TaskInstance).where(TaskInstance.run_id == old).values(**dated_back))
+    return old, recent
+
+
+def returned(dag_run: Any, task_id: str) -> Any:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        value = session.scalar(
+            select(XComModel.value).where(
+                XComModel.dag_id == dag_run.dag_id,
+                XComModel.run_id == dag_run.run_id,
+                XComModel.task_id == task_id,
+                XComModel.key == "return_value",
+            )
+        )
+    return XComModel.deserialize_value(value) if isinstance(value, str | bytes) else value
+
+
+def run_cleanup(policy: RetentionPolicy, *, dry_run: bool) -> Any:
+    """One run of platform_cleanup, with the metadata DB denied to its tasks' environment exactly as
+    Airflow's task supervisor denies it to a worker's task process (dag.test() runs tasks in-process,
+    without the supervisor, so this test applies that part of it)."""
+    # Every param every time: dag.test() leaves a run's conf in the Param objects its DAG copies share.
+    dag = parse_dag(CLEANUP_FILE, "platform_cleanup")
+    conf = {**{name: getattr(policy, name) for name in policy.__dataclass_fields__}, "dry_run": dry_run}
+    with pytest.MonkeyPatch.context() as worker_env:
+        worker_env.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", BLOCKED_METADATA_DB)
+        worker_env.setenv("AIRFLOW__CORE__SQL_ALCHEMY_CONN", BLOCKED_METADATA_DB)
+        dag_run = run_dag(dag, None, conf)
+    states = {task.task_id: str(task.state) for task in dag_run.get_task_instances()}
+    assert dag_run.state == "success", states
+    assert states == dict.fromkeys(CLEANUP_TASKS, "success")
+    return dag_run
+
+
+def test_retention_params_are_checked_by_name() -> None:
+    with pytest.raises(
+        ValueError, match=r"retention param 'quarantine_days': expected a whole number of days >= 1"
+    ):
+        RetentionPolicy(quarantine_days=0)
+    with pytest.raises(ValueError, match=r"'staging_days' \(10\) must not exceed 'checkpoint_days' \(5\)"):
+        RetentionPolicy(staging_days=10, checkpoint_days=5)
+    assert RetentionPolicy.from_params({"ledger_days": 12, "dry_run": True}).ledger_days == 12
+
+
+def test_the_metadata_db_url_comes_from_a_postgres_connection() -> None:
+    from airflow.sdk import Connection
+
+    tcp = make_url(
+        metadata_db_url(
+            Connection(
+                conn_id="meta",
+                conn_type="postgres",
+                host="db",
+                port=5433,
+                login="af",
+                password="p@ss/w",
+                schema="airflow",
+            )
+        )
+    )
+    assert (tcp.drivername, tcp.host, tcp.port, tcp.username, tcp.password, tcp.database) == (
+        "postgresql+psycopg2", "db", 5433, "af", "p@ss/w", "airflow"
+    )  # fmt: skip
+    socket = make_url(
+        metadata_db_url(Connection(conn_id="meta", conn_type="postgres", host="/run/pg", schema="airflow"))
+    )
+    assert (socket.host, socket.query["host"], socket.database) == (None, "/run/pg", "airflow")
+    with pytest.raises(ValueError, match=r"connection 'meta': expected conn_type 'postgres', got 'http'"):
+        metadata_db_url(Connection(conn_id="meta", conn_type="http", host="db"))
+
+
+@pytest.mark.slow
+def test_cleanup_removes_exactly_what_is_old_and_a_dry_run_nothing(
+    policy: RetentionPolicy, warehouse: psycopg.Connection, reports_dir: Path, metadata_db_connection: None
+) -> None:
+    now = datetime.now(UTC)
+    seeded = seed_warehouse(warehouse, policy, now)
+    old_files, kept_files = seed_report_files(reports_dir / REPORT_NAME, policy, now.date())
+    old_run, recent_run = smoke_runs()
+    assert dag_run_start(old_run) < METADATA_CUTOFF < dag_run_start(recent_run)
+    all_staging = seeded.old_staging + seeded.kept_staging
+    before = (checkpoints(warehouse), margins_left(warehouse))
+    assert before[0] == seeded.checkpoints_kept | seeded.checkpoints_removed
+    # One row just past its age in each row table (see margins_left).
+    expected_warehouse = {
+        "staging_tables": len(seeded.old_staging),
+        "batch_meta.quarantine": 1,
+        "batch_meta.checkpoints": len(seeded.checkpoints_removed),
+        "batch_meta.side_effects": 1,
+        "batch_meta.alert_log": 1,
+    }
+
+    dry = run_cleanup(policy, dry_run=True)
+
+    assert returned(dry, "purge_warehouse") == expected_warehouse
+    assert returned(dry, "purge_report_files") == {(reports_dir / REPORT_NAME).as_uri(): len(old_files)}
+    assert returned(dry, "clean_airflow_metadata")["dag_run"] == 1
+    assert existing_tables(warehouse, all_staging) == set(all_staging)
+    assert (checkpoints(warehouse), margins_left(warehouse)) == before
+    assert {p.name for p in (reports_dir / REPORT_NAME).iterdir()} == old_files | kept_files
+    assert dag_run_start(old_run) is not None
+
+    real = run_cleanup(policy, dry_run=False)
+
+    assert returned(real, "purge_warehouse") == expected_warehouse
+    assert existing_tables(warehouse, all_staging) == set(seeded.kept_staging)
+    assert checkpoints(warehouse) == seeded.checkpoints_kept
+    assert margins_left(warehouse) == {"quarantine": ["-1"], "side_effects": ["-1"], "alert_log": ["-1"]}
+    assert {p.name for p in (reports_dir / REPORT_NAME).iterdir()} == kept_files
+    assert returned(real, "clean_airflow_metadata")["dag_run"] == 1
+    assert dag_run_start(old_run) is None
+    assert dag_run_start(recent_run) is not None

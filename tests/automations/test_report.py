@@ -1,0 +1,397 @@
+"""sales_daily_report end to end: dag.test() against the real metadata DB and warehouse, report files on
+local disk, deliveries POSTed to the demo upstream's /alerts inbox (tests/automations/conftest.py points
+the `alerts_webhook` connection at it and empties the sync tables before each test).
+
+Orders and customers are inserted straight into the sync targets; every expectation is computed here
+from the inserted rows by the aggregate's stated rule, never written down as a number.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import socket
+import threading
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from batchkit.report import (
+    REPORT_NAME,
+    days_completed_by,
+    delivery_key,
+    parse_report_day,
+    report_day_of,
+    report_days,
+)
+from batchkit.sql_files import apply_sql_file
+from tests.dagrun import parse_dag, run_dag
+from tests.upstream import Upstream, running_upstream
+
+DAG_FILE = Path(__file__).resolve().parents[2] / "dags" / "sales" / "sales_daily_report.py"
+DAY = date(2026, 3, 1)
+OTHER_DAY = date(2026, 3, 2)
+REPORT_TASKS = ("report_days", "aggregate", "render", "deliver")
+# Every run passes every param: dag.test() writes a run's conf into the Param objects of the DAG's tasks,
+# which copy.deepcopy(dag) shares, so a value left out would be the previous run's.
+PARAM_DEFAULTS = {"report_day": None, "force_resend": False, "dry_run": False}
+
+
+@dataclass(frozen=True)
+class Order:
+    order_id: int
+    customer_id: int
+    order_ts: datetime
+    amount: Decimal
+    status: str
+
+
+CUSTOMERS = {1: "DE", 2: "DE", 3: "FR", 4: "US", 5: "NL"}
+
+
+def utc(day: date, hour: int = 0, minute: int = 0, second: int = 0) -> datetime:
+    return datetime(day.year, day.month, day.day, hour, minute, second, tzinfo=UTC)
+
+
+def orders_around(day: date) -> list[Order]:
+    """Orders of `day` (both boundaries, every country, a cancelled one, a customer not in the CRM) and
+    of the days either side, which the report of `day` must ignore."""
+    base = day.toordinal() * 100
+    return [
+        Order(base + 1, 1, utc(day), Decimal("10.50"), "paid"),
+        Order(base + 2, 1, utc(day, 8, 15), Decimal("99.99"), "shipped"),
+        Order(base + 3, 2, utc(day, 12), Decimal("5.00"), "placed"),
+        Order(base + 4, 3, utc(day, 13, 30), Decimal("250.00"), "delivered"),
+        Order(base + 5, 3, utc(day, 14), Decimal("40.00"), "cancelled"),
+        Order(base + 6, 4, utc(day, 23, 59, 59), Decimal("1.01"), "paid"),
+        Order(base + 7, 99, utc(day, 9), Decimal("12.34"), "paid"),
+        Order(base + 8, 5, utc(day) - timedelta(seconds=1), Decimal("70.00"), "paid"),
+        Order(base + 9, 5, utc(day) + timedelta(days=1), Decimal("80.00"), "paid"),
+    ]
+
+
+def expected_report(orders: list[Order], day: date) -> dict[str, tuple[int, Decimal, int]]:
+    """{country: (orders, revenue, distinct customers)}: placed on `day` (UTC), not cancelled, country
+    from the customers table or 'unknown'."""
+    start = utc(day)
+    grouped: dict[str, list[Order]] = defaultdict(list)
+    for order in orders:
+        if start <= order.order_ts < start + timedelta(days=1) and order.status != "cancelled":
+            grouped[CUSTOMERS.get(order.customer_id, "unknown")].append(order)
+    return {
+        country: (len(rows), sum((o.amount for o in rows), Decimal("0")), len({o.customer_id for o in rows}))
+        for country, rows in grouped.items()
+    }
+
+
+def insert_orders(warehouse: psycopg.Connection, orders: list[Order]) -> None:
+    with warehouse.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO sales.orders (order_id, customer_id, order_ts, updated_at, amount, status) "
+            "VALUES (%s, %s, %s, %s, %s, %s)",
+            [(o.order_id, o.customer_id, o.order_ts, o.order_ts, o.amount, o.status) for o in orders],
+        )
+
+
+def report_rows(warehouse: psycopg.Connection, day: date) -> dict[str, tuple[int, Decimal, int]]:
+    rows = warehouse.execute(
+        "SELECT country, orders, revenue, customers FROM reports.daily_sales WHERE report_day = %s", (day,)
+    ).fetchall()
+    return {country: (orders, revenue, customers) for country, orders, revenue, customers in rows}
+
+
+def deliveries(upstream: Upstream, day: date) -> list[dict[str, Any]]:
+    return [
+        alert
+        for alert in upstream.alerts()
+        if alert.get("kind") == "sales_daily_report" and alert.get("day") == day.isoformat()
+    ]
+
+
+def ledger_row(warehouse: psycopg.Connection, day: date) -> tuple[str, int, str | None] | None:
+    return warehouse.execute(
+        "SELECT state, attempts, last_error FROM batch_meta.side_effects WHERE effect_key = %s",
+        (delivery_key(day),),
+    ).fetchone()
+
+
+def task_tries(dag_run: Any) -> dict[str, tuple[str, int]]:
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        rows = session.execute(
+            select(TaskInstance.task_id, TaskInstance.state, TaskInstance.try_number).where(
+                TaskInstance.dag_id == dag_run.dag_id, TaskInstance.run_id == dag_run.run_id
+            )
+        ).all()
+    return {task_id: (str(state), tries) for task_id, state, tries in rows}
+
+
+def run_report(dag: Any, logical_date: datetime | None, **conf: Any) -> Any:
+    return run_dag(dag, logical_date, {**PARAM_DEFAULTS, **conf})
+
+
+def returned(dag_run: Any, task_id: str) -> Any:
+    """What a task returned (its return_value XCom), as stored in the metadata DB."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        value = session.scalar(
+            select(XComModel.value).where(
+                XComModel.dag_id == dag_run.dag_id,
+                XComModel.run_id == dag_run.run_id,
+                XComModel.task_id == task_id,
+                XComModel.key == "return_value",
+            )
+        )
+    return XComModel.deserialize_value(value) if isinstance(value, str | bytes) else value
+
+
+def assert_succeeded(dag_run: Any) -> None:
+    states = {task_id: state for task_id, (state, _) in task_tries(dag_run).items()}
+    assert dag_run.state == "success", states
+    assert states == dict.fromkeys(REPORT_TASKS, "success")
+
+
+def files_of(reports_dir: Path, day: date) -> dict[str, Path]:
+    folder = reports_dir / REPORT_NAME
+    return {fmt: folder / f"{REPORT_NAME}_{day.isoformat()}.{fmt}" for fmt in ("csv", "html")}
+
+
+def csv_report(path: Path, day: date) -> dict[str, tuple[int, Decimal, int]]:
+    rows = list(csv.DictReader(io.StringIO(path.read_text())))
+    assert all(row["report_day"] == day.isoformat() for row in rows), rows
+    return {
+        row["country"]: (int(row["orders"]), Decimal(row["revenue"]), int(row["customers"])) for row in rows
+    }
+
+
+def delivered_report(delivery: dict[str, Any]) -> dict[str, tuple[int, Decimal, int]]:
+    return {
+        row["country"]: (row["orders"], Decimal(row["revenue"]), row["customers"])
+        for row in delivery["by_country"]
+    }
+
+
+@pytest.fixture(scope="module")
+def report_dag(airflow_db: str) -> Any:
+    return parse_dag(DAG_FILE, "sales_daily_report")
+
+
+@pytest.fixture
+def reports_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The report files' base location, given through the Variable as an environment variable."""
+    folder = tmp_path / "reports"
+    monkeypatch.setenv("AIRFLOW_VAR_REPORTS_BASE_PATH", folder.as_uri())
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def empty_reports(clean_slate: None, warehouse: psycopg.Connection) -> None:
+    """No report rows and no ledger keys from an earlier test (the sync tables are emptied by conftest)."""
+    apply_sql_file(warehouse, "sql/reports/daily_sales.sql")
+    apply_sql_file(warehouse, "sql/batch_meta/side_effects.sql")
+    warehouse.execute("TRUNCATE reports.daily_sales, batch_meta.side_effects")
+    with warehouse.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO crm.customers (customer_id, name, email, country, updated_at) VALUES (%s, %s, %s, %s, %s)",
+            [
+                (cid, f"Customer {cid}", f"c{cid}@example.com", country, utc(date(2026, 1, 1)))
+                for cid, country in CUSTOMERS.items()
+            ],
+        )
+
+
+# -- which days a run reports (plain functions) -------------------------------------------------------
+
+
+def test_a_load_completes_the_days_whose_midnight_it_covers() -> None:
+    assert days_completed_by(utc(DAY, 2), utc(OTHER_DAY, 2)) == [DAY]
+    assert days_completed_by(utc(DAY), utc(OTHER_DAY)) == [DAY]
+    assert days_completed_by(utc(DAY, 1), utc(DAY, 2)) == []
+    assert days_completed_by(utc(DAY, 23), utc(OTHER_DAY, 0)) == [DAY]
+    three_days = days_completed_by(utc(DAY, 2), utc(DAY + timedelta(days=3), 2))
+    assert three_days == [DAY, DAY + timedelta(days=1), DAY + timedelta(days=2)]
+
+
+def test_report_days_prefers_the_param_then_the_triggering_loads_then_the_day_before() -> None:
+    loads = [(utc(OTHER_DAY, 2), utc(OTHER_DAY + timedelta(days=1), 2)), (utc(DAY, 2), utc(OTHER_DAY, 2))]
+    run_at = utc(date(2026, 3, 10), 2, 5)
+
+    assert report_days(requested="2026-02-14", source_intervals=loads, run_at=run_at) == [date(2026, 2, 14)]
+    assert report_days(requested=None, source_intervals=loads, run_at=run_at) == [DAY, OTHER_DAY]
+    assert report_days(requested=None, source_intervals=[], run_at=run_at) == [date(2026, 3, 9)]
+
+
+@pytest.mark.parametrize("bad", ["2026-3-1", "yesterday", "2026-02-30", 20260301])
+def test_a_bad_report_day_names_the_param(bad: Any) -> None:
+    with pytest.raises(ValueError, match=r"param 'report_day': expected a date YYYY-MM-DD"):
+        parse_report_day(bad)
+
+
+def test_only_report_file_names_carry_a_day() -> None:
+    assert report_day_of(f"{REPORT_NAME}_2026-03-01.csv") == DAY
+    assert report_day_of(f"{REPORT_NAME}_2026-03-01.html") == DAY
+    assert report_day_of(f"{REPORT_NAME}_2026-03-01.csv.tmp") is None
+    assert report_day_of("notes_2026-03-01.csv") is None
+
+
+# -- the DAG end to end -------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_one_day_is_reported_exactly_and_delivered_once_until_forced(
+    report_dag: Any, warehouse: psycopg.Connection, upstream: Upstream, reports_dir: Path
+) -> None:
+    orders = orders_around(DAY)
+    insert_orders(warehouse, orders)
+    expected = expected_report(orders, DAY)
+    assert {"DE", "FR", "US", "unknown"} <= expected.keys()
+
+    # A run on the day after, with no triggering load: reports the previous UTC day.
+    first = run_report(report_dag, utc(OTHER_DAY, 3))
+    assert_succeeded(first)
+    assert report_rows(warehouse, DAY) == expected
+    files = files_of(reports_dir, DAY)
+    assert csv_report(files["csv"], DAY) == expected
+    page = files["html"].read_text()
+    for country, (count, revenue, customers) in expected.items():
+        assert f"<tr><td>{country}</td><td>{count}</td><td>{revenue}</td><td>{customers}</td></tr>" in page
+    [delivery] = deliveries(upstream, DAY)
+    assert delivered_report(delivery) == expected
+    assert delivery["files"] == {fmt: path.as_uri() for fmt, path in files.items()}
+    assert ledger_row(warehouse, DAY) == ("done", 1, None)
+    first_files = {fmt: path.read_bytes() for fmt, path in files.items()}
+
+    # A rerun over the same data (no logical date, the day as a param): same rows, byte-identical files
+    # overwritten in place, nothing sent again.
+    rerun = run_report(report_dag, None, report_day=DAY.isoformat())
+    assert_succeeded(rerun)
+    assert report_rows(warehouse, DAY) == expected
+    assert {fmt: path.read_bytes() for fmt, path in files.items()} == first_files
+    assert sorted(p.name for p in (reports_dir / REPORT_NAME).iterdir()) == sorted(
+        p.name for p in files.values()
+    )
+    assert len(deliveries(upstream, DAY)) == 1
+    assert ledger_row(warehouse, DAY) == ("done", 1, None)
+
+    # A late order for the day, then force_resend: the day's rows replaced (not added to), the files
+    # rewritten, and the day sent again with the numbers as they are now.
+    late = Order(DAY.toordinal() * 100 + 50, 4, utc(DAY, 18), Decimal("3.33"), "paid")
+    insert_orders(warehouse, [late])
+    corrected = expected_report([*orders, late], DAY)
+    assert corrected != expected
+    forced = run_report(report_dag, None, report_day=DAY.isoformat(), force_resend=True)
+    assert_succeeded(forced)
+    assert report_rows(warehouse, DAY) == corrected
+    assert csv_report(files["csv"], DAY) == corrected
+    first_sent, resent = deliveries(upstream, DAY)
+    assert delivered_report(first_sent) == expected
+    assert delivered_report(resent) == corrected
+    assert ledger_row(warehouse, DAY) == ("done", 2, None)
+
+
+@pytest.mark.slow
+def test_dry_run_writes_and_delivers_nothing(
+    report_dag: Any, warehouse: psycopg.Connection, upstream: Upstream, reports_dir: Path
+) -> None:
+    orders = orders_around(OTHER_DAY)
+    insert_orders(warehouse, orders)
+
+    dry = run_report(report_dag, None, report_day=OTHER_DAY.isoformat(), dry_run=True)
+
+    assert_succeeded(dry)
+    # It computed the report and where it would go, and knew it had never been sent...
+    [would_deliver] = returned(dry, "render")
+    assert delivered_report(would_deliver) == expected_report(orders, OTHER_DAY)
+    assert would_deliver["files"] == {
+        fmt: path.as_uri() for fmt, path in files_of(reports_dir, OTHER_DAY).items()
+    }
+    assert returned(dry, "deliver") == [{"day": OTHER_DAY.isoformat(), "status": "dry-run", "attempts": 0}]
+    # ...and wrote and sent nothing.
+    assert report_rows(warehouse, OTHER_DAY) == {}
+    assert not reports_dir.exists()
+    assert deliveries(upstream, OTHER_DAY) == []
+    assert ledger_row(warehouse, OTHER_DAY) is None
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def receiver_down_until_first_failure(
+    warehouse_conninfo: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[dict[str, Upstream]]:
+    """The webhook points at a port where nothing listens; once the ledger records the failed send, a
+    demo upstream starts on that port. Yields {"receiver": Upstream} once it is up."""
+    port = _free_port()
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_ALERTS_WEBHOOK",
+        json.dumps({"conn_type": "http", "host": f"http://127.0.0.1:{port}/alerts"}),
+    )
+    started: dict[str, Upstream] = {}
+    stop = threading.Event()
+
+    def start_after_the_failure() -> None:
+        with psycopg.connect(warehouse_conninfo, autocommit=True) as conn:
+            while not stop.wait(0.1):
+                failed = conn.execute(
+                    "SELECT 1 FROM batch_meta.side_effects WHERE effect_key = %s AND last_error IS NOT NULL",
+                    (delivery_key(DAY),),
+                ).fetchone()
+                if failed:
+                    break
+        if stop.is_set():
+            return
+        with running_upstream("--port", str(port)) as receiver:
+            started["receiver"] = receiver
+            stop.wait()
+
+    watcher = threading.Thread(target=start_after_the_failure, daemon=True)
+    watcher.start()
+    try:
+        yield started
+    finally:
+        stop.set()
+        watcher.join(timeout=20)
+
+
+@pytest.mark.slow
+def test_a_failed_delivery_is_retried_and_sent_exactly_once(
+    report_dag: Any,
+    warehouse: psycopg.Connection,
+    reports_dir: Path,
+    receiver_down_until_first_failure: dict[str, Upstream],
+) -> None:
+    orders = orders_around(DAY)
+    insert_orders(warehouse, orders)
+    dag = copy.deepcopy(report_dag)
+    # Airflow's backoff has a 1 s floor plus jitter: the retry comes 1-2 s after the failed try.
+    dag.get_task("deliver").retry_delay = timedelta(seconds=0)
+
+    dag_run = run_report(dag, None, report_day=DAY.isoformat())
+
+    assert_succeeded(dag_run)
+    state, tries = task_tries(dag_run)["deliver"]
+    assert tries >= 2, "the first try should have failed against the unreachable receiver"
+    [delivery] = deliveries(receiver_down_until_first_failure["receiver"], DAY)
+    assert delivered_report(delivery) == expected_report(orders, DAY)
+    done, attempts, last_error = ledger_row(warehouse, DAY)
+    assert (done, attempts) == ("done", 1)
+    assert "ConnectionError" in last_error
