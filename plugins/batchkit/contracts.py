@@ -8,8 +8,10 @@ the warehouse, in the same transaction as the page's staged rows and checkpoint 
 
 from __future__ import annotations
 
+import gc
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any
@@ -72,21 +74,43 @@ def validate_records(
         )
     pick = attrgetter(*columns)
     as_row = (lambda model: (pick(model),)) if len(columns) == 1 else pick
+    # model_validate(record) without its per-call wrapper: the same validator, ~0.7 us a record less.
+    validate = contract.model.__pydantic_validator__.validate_python
     rows: list[tuple[Any, ...]] = []
     rejected: list[Rejected] = []
-    for index, record in enumerate(records):
-        try:
-            model = contract.model.model_validate(record)
-        except ValidationError as exc:
-            rejected.append(Rejected(index, record, validation_error_text(exc)))
-            continue
-        row = as_row(model)
-        reason = row_rule(row) if row_rule is not None else None
-        if reason is None:
-            rows.append(row)
-        else:
-            rejected.append(Rejected(index, record, reason))
+    with _cyclic_gc_paused():
+        for index, record in enumerate(records):
+            try:
+                model = validate(record)
+            except ValidationError as exc:
+                rejected.append(Rejected(index, record, validation_error_text(exc)))
+                continue
+            row = as_row(model)
+            reason = row_rule(row) if row_rule is not None else None
+            if reason is None:
+                rows.append(row)
+            else:
+                rejected.append(Rejected(index, record, reason))
     return ValidatedPage(rows=rows, rejected=rejected)
+
+
+@contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """Defer the cyclic garbage collector while a page is validated.
+
+    Validation allocates several container objects per record and keeps a row of each, so the
+    collector runs again and again over a worker's large heap (Airflow's modules) and finds nothing
+    to free: reference counting already frees the models and the errors. That was about a quarter of
+    a sync's CPU time (bench/extract_load.py). Anything cyclic a contract's own validator builds is
+    collected once the page is done; the collector stays off only if someone else had turned it off.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def validation_error_text(exc: ValidationError) -> str:

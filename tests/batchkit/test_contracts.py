@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -152,3 +153,26 @@ def test_quarantine_keeps_objects_as_jsonb_and_anything_else_as_text(warehouse: 
     assert clear_quarantine(warehouse, other_task) == 0
     assert clear_quarantine(warehouse, identity) == 5
     assert count_quarantined(warehouse, identity) == 0
+
+
+def test_validation_leaves_the_garbage_collector_as_it_found_it() -> None:
+    """validate_records pauses the cyclic collector for speed; it must always restore it."""
+    good = {"customer_id": 7, "name": "Ada", "email": "a@example.com", "country": "GB"}
+    records = [{**good, "updated_at": "2024-05-01T00:00:00Z"}, {"customer_id": "7"}]
+
+    def exploding_rule(row: tuple) -> str | None:
+        raise RuntimeError("a row rule that fails")
+
+    assert gc.isenabled()
+    page = validate_records(CUSTOMERS, records, CUSTOMERS_TARGET.columns)
+    assert (len(page.rows), len(page.rejected), gc.isenabled()) == (1, 1, True)
+    with pytest.raises(RuntimeError, match="row rule"):
+        validate_records(CUSTOMERS, records, CUSTOMERS_TARGET.columns, row_rule=exploding_rule)
+    assert gc.isenabled()
+
+    gc.disable()
+    try:
+        validate_records(CUSTOMERS, records, CUSTOMERS_TARGET.columns)
+        assert not gc.isenabled(), "a collector the caller disabled must stay disabled"
+    finally:
+        gc.enable()
