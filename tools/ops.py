@@ -22,12 +22,6 @@ from tools.metadb import LOCAL_DIR
 
 PASSWORDS_FILE = LOCAL_DIR / "airflow" / "simple_auth_manager_passwords.json.generated"
 REPROCESS_BEHAVIORS = ("none", "completed", "failed")
-# apache/airflow#70368 (open for 3.3.x): the api-server fails to re-anchor a pending DAGRUN_QUEUED_AT deadline.
-PENDING_DEADLINE_HINT = (
-    "hint: with Airflow 3.3 this is apache/airflow#70368 when a cleared run's DeadlineAlert has not "
-    "passed yet (api-server log: 'unsupported type for timedelta seconds component: dict'); "
-    "see docs/operations.md, 'Rerun what failed'"
-)
 EXIT_OK = 0
 EXIT_FOUND_PROBLEMS = 1
 EXIT_ERROR = 2
@@ -145,12 +139,7 @@ def clear_failed(api: AirflowApi, args: argparse.Namespace, out: Print) -> int:
     # Naming the task ids the dry run showed keeps the cleared set to what was printed, and lets
     # include_downstream apply (the API ignores it without task_ids).
     task_ids = sorted({ti["task_id"] for ti in failed})
-    try:
-        cleared = api.clear_task_instances(args.dag_id, {**body, "dry_run": False, "task_ids": task_ids})
-    except AirflowApiError as exc:
-        if "HTTP 500" in str(exc):
-            raise OpsError(f"{exc}\n{PENDING_DEADLINE_HINT}") from exc
-        raise
+    cleared = api.clear_task_instances(args.dag_id, {**body, "dry_run": False, "task_ids": task_ids})
     out(f"cleared {len(cleared['task_instances'])} task instance(s); their runs are queued again.")
     if api.dag(args.dag_id)["is_paused"]:
         out(f"warning: {args.dag_id} is paused; the cleared tasks run once it is unpaused (ops unpause).")

@@ -277,7 +277,7 @@ def _bound_log(target: TargetSpec, identity: RunIdentity, dry_run: bool) -> Any:
         task_id=identity.task_id,
         run_id=identity.run_id,
         interval=identity.interval.label(),
-        target=target.table,
+        target_table=target.table,
         mode=str(target.mode),
         dry_run=dry_run,
     )
@@ -292,7 +292,7 @@ def _result(
     target: TargetSpec, identity: RunIdentity, checkpoint: Checkpoint, *, resumed_from_page: int
 ) -> SyncResult:
     return SyncResult(
-        target=target.table,
+        target_table=target.table,
         interval=identity.interval.label(),
         dry_run=False,
         pages=checkpoint.pages_done,
@@ -469,7 +469,7 @@ def _dry_run(
             rows_rejected=len(validated.rejected),
         )
     result = SyncResult(
-        target=target.table,
+        target_table=target.table,
         interval=identity.interval.label(),
         dry_run=True,
         pages=pages,

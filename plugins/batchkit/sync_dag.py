@@ -69,7 +69,7 @@ def build_sync_dag(spec: SyncSpec) -> DAG:
             pagination=source.pagination,
             contract=spec.record_contract(),
             interval_params=(source.interval_params.start, source.interval_params.end),
-            params=source.params,
+            query_params=source.params,
             **common,
         )
         verify_quarantine = VerifyIntervalOperator(

@@ -152,3 +152,14 @@ def test_the_dag_file_of_an_invalid_sync_file_becomes_an_import_error_naming_fil
     assert errored_file == str(dag_file)
     assert f"SyncSpecError: {spec_file}: invalid sync file" in error
     assert f"target.table: Value error, {INJECTION!r}" in error
+
+
+def test_the_source_query_holds_only_the_files_params_never_the_run_params() -> None:
+    """The DAG's run params (dry_run) must never leak into the request sent to the source."""
+    spec = load_spec(automations_dir() / "sales_orders_sync.yaml")
+    spec = spec.model_copy(update={"source": spec.source.model_copy(update={"params": {"region": "eu"}})})
+
+    extract = build_sync_dag(spec).get_task("extract_stage")
+
+    assert extract.query_params == {"region": "eu"}
+    assert "dry_run" in extract.params

@@ -69,7 +69,8 @@ class StageIntervalOperator(_IntervalSyncOperator):
         pagination: Pagination,
         contract: RecordContract,
         interval_params: tuple[str, str] = ("updated_since", "updated_before"),
-        params: Mapping[str, Any] | None = None,
+        # Not `params`: BaseOperator takes that name for the DAG's run params (dry_run, ...).
+        query_params: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -78,7 +79,7 @@ class StageIntervalOperator(_IntervalSyncOperator):
         self.pagination = pagination
         self.contract = contract
         self.interval_params = interval_params
-        self.params_for_source = dict(params or {})
+        self.query_params = dict(query_params or {})
 
     def execute(self, context: Any) -> dict[str, Any]:
         from batchkit.hooks.rest_api import RestApiHook
@@ -86,7 +87,7 @@ class StageIntervalOperator(_IntervalSyncOperator):
         identity = self.identity(context)
         since, before = self.interval_params
         query = {
-            **self.params_for_source,
+            **self.query_params,
             since: identity.interval.start.isoformat(),
             before: identity.interval.end.isoformat(),
         }

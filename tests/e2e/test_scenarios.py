@@ -1,0 +1,339 @@
+"""Operations under the real scheduler: deadline, trigger, backfill, failure -> alert -> clear, Assets.
+
+One stack (api-server, scheduler, dag-processor, triggerer) over a copy of dags/ plus two fixtures, a
+demo upstream on loopback (also the alert receiver, its /alerts inbox) and this session's warehouse
+database. Everything is driven through the REST API v2 with a token, as an operator would; the tests
+read the warehouse and the upstream's counters to check the outcome. Each test uses its own intervals,
+so the tests share the stack without sharing data.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from batchkit.assets import table_asset
+from batchkit.extract.retry import RetryPolicy
+from tests.upstream import Upstream, running_upstream
+from tools.airflow_api import AirflowApi, wait_for
+from tools.demo_upstream import DEFAULT_PER_DAY, Volumes, select
+from tools.stack import AirflowStack
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = REPO_ROOT / "tests" / "fixtures" / "dags_ops"
+ORDERS_SYNC = "sales_orders_sync"
+CUSTOMERS_SYNC = "crm_customers_sync"
+# crm_customers_sync with two quick retries (tests/fixtures/dags_ops/crm_customers_retry_probe.yaml).
+RETRY_PROBE = "crm_customers_retry_probe"
+DEADLINE_PROBE = "deadline_overrun_probe"
+REPORT = "sales_daily_report"
+VOLUMES = Volumes(orders=DEFAULT_PER_DAY["orders"], customers=DEFAULT_PER_DAY["customers"])
+POOLS = {"demo_api": 2, "warehouse": 4}
+RUN_TIMEOUT = 120
+
+pytestmark = pytest.mark.e2e
+
+
+@dataclass
+class Live:
+    stack: AirflowStack
+    api: AirflowApi
+    upstream: Upstream
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[Upstream]:
+    with running_upstream() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def dags_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    dags = tmp_path_factory.mktemp("scenario-dags")
+    shutil.copytree(REPO_ROOT / "dags", dags, dirs_exist_ok=True)
+    for name in (f"{RETRY_PROBE}.py", f"{RETRY_PROBE}.yaml", f"{DEADLINE_PROBE}.py"):
+        shutil.copy(FIXTURES / name, dags)
+    return dags
+
+
+@pytest.fixture(scope="module")
+def live(start_module_stack, dags_folder: Path, upstream: Upstream) -> Live:
+    stack, api = start_module_stack(
+        dags_folder,
+        settings_file=None,
+        extra_env={
+            "AIRFLOW_CONN_DEMO_API": upstream.connection_json(),
+            "AIRFLOW_CONN_ALERTS_WEBHOOK": json.dumps(
+                {"conn_type": "http", "host": f"{upstream.url}/alerts"}
+            ),
+        },
+    )
+    for name, slots in POOLS.items():
+        api.request("POST", "/pools", json={"name": name, "slots": slots})
+    # Unpaused up front: a sync's first scheduled run (its latest interval, catchup is off) then runs
+    # while the first tests do, and every Asset event reaches the report.
+    for dag_id in (ORDERS_SYNC, CUSTOMERS_SYNC, RETRY_PROBE, DEADLINE_PROBE, REPORT):
+        api.wait_for_dag(dag_id)
+        api.set_paused(dag_id, False)
+    return Live(stack, api, upstream)
+
+
+@pytest.fixture
+def api(live: Live) -> AirflowApi:
+    return live.api
+
+
+def test_overrun_deadline_alert_names_the_dag_run_and_deadline(live: Live, api: AirflowApi) -> None:
+    # First, so the probe's 20 s task sleeps while the next tests run rather than at teardown.
+    run = api.trigger(DEADLINE_PROBE, logical_date=None)
+
+    alert = wait_for(
+        lambda: [
+            a
+            for a in live.upstream.alerts()
+            if a.get("kind") == "deadline_missed" and a["dag_id"] == DEADLINE_PROBE
+        ],
+        timeout=60,
+        what="the deadline_missed alert",
+    )[0]
+
+    queued_at = parse_time(api.dag_run(DEADLINE_PROBE, run["dag_run_id"])["queued_at"])
+    assert alert["run_id"] == run["dag_run_id"]
+    assert unquote(alert["url"]).endswith(f"/dags/{DEADLINE_PROBE}/runs/{run['dag_run_id']}")
+    assert alert["deadline_interval_seconds"] == 5
+    assert abs(parse_time(alert["deadline_time"]) - (queued_at + timedelta(seconds=5))) < timedelta(seconds=1)
+    assert api.dag_run(DEADLINE_PROBE, run["dag_run_id"])["state"] == "running"
+
+
+def test_triggered_sync_loads_its_interval(api: AirflowApi, warehouse: psycopg.Connection) -> None:
+    run = api.trigger(CUSTOMERS_SYNC, logical_date="2026-05-01T01:30:00Z")
+
+    finished = wait_for_run(api, CUSTOMERS_SYNC, run["dag_run_id"])
+
+    assert finished["state"] == "success", task_states(api, CUSTOMERS_SYNC, run["dag_run_id"])
+    start, end = interval_of(finished)
+    assert end - start == timedelta(days=1)
+    expected = select("customers", start, end, VOLUMES)
+    assert expected.total > 0
+    assert table_keys(warehouse, "crm.customers", "customer_id", start, end) == expected_keys(
+        expected, "customer_id"
+    )
+
+
+def test_backfill_loads_seven_days_and_reprocessing_changes_nothing(
+    api: AirflowApi, warehouse: psycopg.Connection
+) -> None:
+    first, last = datetime(2026, 4, 1, 2, tzinfo=UTC), datetime(2026, 4, 7, 2, tzinfo=UTC)
+    body = {
+        "dag_id": ORDERS_SYNC,
+        "from_date": first.isoformat(),
+        "to_date": last.isoformat(),
+        "reprocess_behavior": "none",
+        "max_active_runs": 7,
+    }
+    planned = api.backfill_dry_run(body)["backfills"]
+    assert [parse_time(r["logical_date"]) for r in planned] == [first + timedelta(days=d) for d in range(7)]
+    assert api.backfills(ORDERS_SYNC) == []
+
+    runs = run_backfill(api, body)
+    start, end = first, last + timedelta(days=1)
+    assert [interval_of(r) for r in runs] == [
+        (first + timedelta(days=d), first + timedelta(days=d + 1)) for d in range(7)
+    ]
+    expected = select("orders", start, end, VOLUMES)
+    assert table_keys(warehouse, "sales.orders", "order_id", start, end) == expected_keys(
+        expected, "order_id"
+    )
+    checksum = table_checksum(warehouse, start, end)
+
+    rerun = run_backfill(api, {**body, "reprocess_behavior": "completed"})
+
+    assert [r["dag_run_id"] for r in rerun] == [r["dag_run_id"] for r in runs]
+    assert all(
+        parse_time(again["end_date"]) > parse_time(before["end_date"])
+        for again, before in zip(rerun, runs, strict=True)
+    )
+    assert table_checksum(warehouse, start, end) == checksum
+
+
+def test_failure_past_retries_alerts_once_and_clearing_reruns_it(
+    live: Live, api: AirflowApi, warehouse: psycopg.Connection
+) -> None:
+    upstream = live.upstream
+    # The probe's first scheduled run must not meet the fault: only the interval triggered here fails.
+    wait_for(
+        lambda: unfinished_runs(api, RETRY_PROBE) == [], timeout=RUN_TIMEOUT, what="no probe run in flight"
+    )
+    upstream.reset()
+    # 503 with Retry-After: 0, so every in-task retry is immediate and each try fails within seconds.
+    upstream.set_faults(
+        {"kind": "status", "status": 503, "path": "/v1/customers", "times": None, "retry_after": 0}
+    )
+    run_id = api.trigger(RETRY_PROBE, logical_date="2026-06-01T01:30:00Z")["dag_run_id"]
+
+    failed = wait_for_run(api, RETRY_PROBE, run_id)
+
+    assert failed["state"] == "failed"
+    states = {
+        ti["task_id"]: (ti["state"], ti["try_number"]) for ti in api.task_instances(RETRY_PROBE, run_id)
+    }
+    assert states["extract_stage"] == ("failed", 3)  # the first try and both retries
+    assert {state for task_id, (state, _) in states.items() if task_id != "extract_stage"} == {
+        "upstream_failed"
+    }
+    alert = wait_for(lambda: task_failed_alerts(upstream, RETRY_PROBE), timeout=30, what="the failure alert")
+    time.sleep(3)  # a second alert, if any, would come from the same callback within this time
+    (alert,) = task_failed_alerts(upstream, RETRY_PROBE)
+    assert (alert["task_id"], alert["run_id"], alert["try_number"]) == ("extract_stage", run_id, 3)
+    assert "503" in alert["error"]
+    # Every try made the hook's full number of attempts, and no more: 3 tries x RetryPolicy.max_attempts.
+    assert upstream.requests_to("/v1/customers") == 3 * RetryPolicy().max_attempts
+
+    upstream.set_faults()
+    clear = {"dag_run_id": run_id, "only_failed": True, "include_downstream": True, "reset_dag_runs": True}
+    to_clear = api.clear_task_instances(RETRY_PROBE, {**clear, "dry_run": True})["task_instances"]
+    assert {ti["task_id"] for ti in to_clear} == set(states)
+    failed_task_ids = sorted(ti["task_id"] for ti in to_clear if ti["state"] == "failed")
+    assert failed_task_ids == ["extract_stage"]
+    api.clear_task_instances(RETRY_PROBE, {**clear, "dry_run": False, "task_ids": failed_task_ids})
+
+    rerun = wait_for_run(api, RETRY_PROBE, run_id)
+
+    assert rerun["state"] == "success", task_states(api, RETRY_PROBE, run_id)
+    start, end = interval_of(rerun)
+    expected = select("customers", start, end, VOLUMES)
+    assert table_rows(warehouse, "crm.customers", start, end) == expected.total
+    assert table_keys(warehouse, "crm.customers", "customer_id", start, end) == expected_keys(
+        expected, "customer_id"
+    )
+    assert len(task_failed_alerts(upstream, RETRY_PROBE)) == 1
+
+
+def test_report_runs_after_both_syncs_update_their_assets(api: AirflowApi) -> None:
+    sync_runs = {
+        ORDERS_SYNC: api.trigger(ORDERS_SYNC, logical_date="2026-07-01T02:00:00Z")["dag_run_id"],
+        CUSTOMERS_SYNC: api.trigger(CUSTOMERS_SYNC, logical_date="2026-07-01T01:30:00Z")["dag_run_id"],
+    }
+    syncs = {dag_id: wait_for_run(api, dag_id, run_id) for dag_id, run_id in sync_runs.items()}
+    assert {dag_id: run["state"] for dag_id, run in syncs.items()} == dict.fromkeys(sync_runs, "success")
+
+    def report_run_fed_by_the_syncs() -> tuple[dict, list[dict]] | None:
+        for run in api.dag_runs(REPORT, run_type="asset_triggered"):
+            path = f"/dags/{REPORT}/dagRuns/{run['dag_run_id']}/upstreamAssetEvents"
+            events = [
+                event
+                for event in api.get(path)["asset_events"]
+                if (event["source_dag_id"], event["source_run_id"]) in sync_runs.items()
+            ]
+            if len(events) == len(sync_runs):
+                return run, events
+        return None
+
+    report, events = wait_for(
+        report_run_fed_by_the_syncs, timeout=RUN_TIMEOUT, interval=2, what="a report run on both Assets"
+    )
+    finished = wait_for_run(api, REPORT, report["dag_run_id"])
+
+    assert finished["state"] == "success", task_states(api, REPORT, report["dag_run_id"])
+    assert {(event["source_dag_id"], event["uri"]) for event in events} == {
+        (ORDERS_SYNC, table_asset("sales.orders").uri),
+        (CUSTOMERS_SYNC, table_asset("crm.customers").uri),
+    }
+    assert parse_time(finished["start_date"]) >= max(parse_time(event["timestamp"]) for event in events)
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+
+def wait_for_run(api: AirflowApi, dag_id: str, run_id: str, timeout: float = RUN_TIMEOUT) -> dict:
+    """The run once it has finished (success or failed)."""
+
+    def finished() -> dict | None:
+        run = api.dag_run(dag_id, run_id)
+        return run if run["state"] in ("success", "failed") else None
+
+    return wait_for(finished, timeout=timeout, interval=2, what=f"{dag_id} run {run_id} to finish")
+
+
+def run_backfill(api: AirflowApi, body: dict) -> list[dict]:
+    """Create the backfill and wait until it completes; its runs, oldest first, all successful."""
+    backfill = api.create_backfill(body)
+    wait_for(
+        lambda: api.backfill(backfill["id"])["completed_at"],
+        timeout=300,
+        interval=3,
+        what=f"backfill {backfill['id']} to complete",
+    )
+    first, last = parse_time(body["from_date"]), parse_time(body["to_date"])
+    runs = sorted(
+        (
+            run
+            for run in api.dag_runs(body["dag_id"], run_type="backfill")
+            if first <= parse_time(run["logical_date"]) <= last
+        ),
+        key=lambda run: run["logical_date"],
+    )
+    assert [r["state"] for r in runs] == ["success"] * len(runs), runs
+    return runs
+
+
+def unfinished_runs(api: AirflowApi, dag_id: str) -> list[str]:
+    return [run["dag_run_id"] for run in api.dag_runs(dag_id) if run["state"] not in ("success", "failed")]
+
+
+def task_states(api: AirflowApi, dag_id: str, run_id: str) -> dict[str, str]:
+    return {ti["task_id"]: ti["state"] for ti in api.task_instances(dag_id, run_id)}
+
+
+def task_failed_alerts(upstream: Upstream, dag_id: str) -> list[dict]:
+    return [a for a in upstream.alerts() if a.get("kind") == "task_failed" and a["dag_id"] == dag_id]
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def interval_of(run: dict) -> tuple[datetime, datetime]:
+    return parse_time(run["data_interval_start"]), parse_time(run["data_interval_end"])
+
+
+def expected_keys(selection: Any, key: str) -> list[int]:
+    return sorted(record[key] for record in selection.records(0, selection.total))
+
+
+def table_keys(conn: psycopg.Connection, table: str, key: str, start: datetime, end: datetime) -> list[int]:
+    query = sql.SQL("SELECT {key} FROM {table} WHERE updated_at >= %s AND updated_at < %s ORDER BY 1").format(
+        key=sql.Identifier(key), table=sql.Identifier(*table.split("."))
+    )
+    return [row[0] for row in conn.execute(query, (start, end)).fetchall()]
+
+
+def table_rows(conn: psycopg.Connection, table: str, start: datetime, end: datetime) -> int:
+    query = sql.SQL("SELECT count(*) FROM {table} WHERE updated_at >= %s AND updated_at < %s").format(
+        table=sql.Identifier(*table.split("."))
+    )
+    (count,) = conn.execute(query, (start, end)).fetchone()
+    return count
+
+
+def table_checksum(conn: psycopg.Connection, start: datetime, end: datetime) -> str:
+    """md5 over every column of sales.orders in [start, end), in key order."""
+    (checksum,) = conn.execute(
+        """
+        SELECT md5(string_agg(o::text, E'\\n' ORDER BY o.order_id))
+          FROM sales.orders o WHERE o.updated_at >= %s AND o.updated_at < %s
+        """,
+        (start, end),
+    ).fetchone()
+    return checksum
