@@ -292,7 +292,7 @@ def _result(
     target: TargetSpec, identity: RunIdentity, checkpoint: Checkpoint, *, resumed_from_page: int
 ) -> SyncResult:
     return SyncResult(
-        target_table=target.table,
+        target=target.table,
         interval=identity.interval.label(),
         dry_run=False,
         pages=checkpoint.pages_done,
@@ -469,7 +469,7 @@ def _dry_run(
             rows_rejected=len(validated.rejected),
         )
     result = SyncResult(
-        target_table=target.table,
+        target=target.table,
         interval=identity.interval.label(),
         dry_run=True,
         pages=pages,
