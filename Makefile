@@ -74,8 +74,12 @@ catalog: $(INSTALLED) ## regenerate docs/dags.md, the DAG catalog (CI fails whil
 lock: ## re-resolve requirements*.txt into constraints.txt in a throwaway venv
 	$(PYTHON) -m tools.lock
 
-bench: $(INSTALLED) ## run the benchmarks recorded in BENCHMARKS.md
+bench: $(INSTALLED) ## run the benchmarks recorded in BENCHMARKS.md (~10 min; cold install: python3 -m bench.cold_install)
 	$(BIN)/python -m bench.parse_time
+	$(BIN)/python -m bench.stack_startup
+	$(BIN)/python -m bench.load_path
+	$(BIN)/python -m bench.extract_load
+	$(BIN)/python -m bench.backfill_vs_noop
 
 clean: ## remove the venv and local state (.local holds the embedded DB: data is lost)
 	rm -rf $(VENV) .local .pytest_cache .ruff_cache
