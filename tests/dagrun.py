@@ -47,6 +47,24 @@ def run_dag(
     return testable.test(logical_date=logical_date, run_conf=conf, run_after=run_after)
 
 
+def returned(dag_run: Any, task_id: str) -> Any:
+    """What a task returned (its return_value XCom), as stored in the metadata DB."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        value = session.scalar(
+            select(XComModel.value).where(
+                XComModel.dag_id == dag_run.dag_id,
+                XComModel.run_id == dag_run.run_id,
+                XComModel.task_id == task_id,
+                XComModel.key == "return_value",
+            )
+        )
+    return XComModel.deserialize_value(value) if isinstance(value, str | bytes) else value
+
+
 def parse_dag(path: Path, dag_id: str) -> DAG:
     """Parse one DAG file with a DagBag, as the dag processor does; fail the test on an import error."""
     from airflow.dag_processing.dagbag import DagBag

@@ -37,10 +37,6 @@ def count(metric: str, value: int = 1, **tags: Any) -> None:
     stats.incr(f"{METRIC_PREFIX}.{metric}", count=value, tags=tags or None)
 
 
-def gauge(metric: str, value: float, **tags: Any) -> None:
-    stats.gauge(f"{METRIC_PREFIX}.{metric}", value, tags=tags or None)
-
-
 def timing(metric: str, seconds: float, **tags: Any) -> None:
     stats.timing(f"{METRIC_PREFIX}.{metric}", seconds * 1000.0, tags=tags or None)
 

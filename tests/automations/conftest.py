@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -77,3 +78,11 @@ def clean_slate(upstream: Upstream, warehouse: psycopg.Connection) -> None:
                 sql.SQL(", ").join(sql.Identifier(*table.split(".")) for table in RESET_TABLES)
             )
         )
+
+
+@pytest.fixture
+def reports_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The report files' base location, given through the Variable as an environment variable."""
+    folder = tmp_path / "reports"
+    monkeypatch.setenv("AIRFLOW_VAR_REPORTS_BASE_PATH", folder.as_uri())
+    return folder

@@ -27,7 +27,7 @@ from batchkit.report import REPORT_NAME
 from batchkit.retention import RetentionPolicy, metadata_db_url
 from batchkit.sql_files import apply_sql_file
 from batchkit.sync_spec import load_spec, spec_path
-from tests.dagrun import parse_dag, run_dag
+from tests.dagrun import parse_dag, returned, run_dag
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CLEANUP_FILE = REPO_ROOT / "dags" / "platform" / "platform_cleanup.py"
@@ -88,13 +88,6 @@ def metadata_db_connection(airflow_db: str, monkeypatch: pytest.MonkeyPatch) -> 
             }
         ),
     )
-
-
-@pytest.fixture
-def reports_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "reports"
-    monkeypatch.setenv("AIRFLOW_VAR_REPORTS_BASE_PATH", folder.as_uri())
-    return folder
 
 
 def staging_table(conn: psycopg.Connection, dag_id: str, interval_start: datetime) -> str:
@@ -235,23 +228,6 @@ def smoke_runs() -> tuple[str, str]:
         session.execute(update(DagRun).where(DagRun.run_id == old).values(**dated_back))
         session.execute(update(TaskInstance).where(TaskInstance.run_id == old).values(**dated_back))
     return old, recent
-
-
-def returned(dag_run: Any, task_id: str) -> Any:
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    with create_session() as session:
-        value = session.scalar(
-            select(XComModel.value).where(
-                XComModel.dag_id == dag_run.dag_id,
-                XComModel.run_id == dag_run.run_id,
-                XComModel.task_id == task_id,
-                XComModel.key == "return_value",
-            )
-        )
-    return XComModel.deserialize_value(value) if isinstance(value, str | bytes) else value
 
 
 def run_cleanup(policy: RetentionPolicy, *, dry_run: bool) -> Any:

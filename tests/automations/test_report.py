@@ -34,7 +34,7 @@ from batchkit.report import (
     report_days,
 )
 from batchkit.sql_files import apply_sql_file
-from tests.dagrun import parse_dag, run_dag
+from tests.dagrun import parse_dag, returned, run_dag
 from tests.upstream import Upstream, running_upstream
 
 DAG_FILE = Path(__file__).resolve().parents[2] / "dags" / "sales" / "sales_daily_report.py"
@@ -142,24 +142,6 @@ def run_report(dag: Any, logical_date: datetime | None, **conf: Any) -> Any:
     return run_dag(dag, logical_date, {**PARAM_DEFAULTS, **conf})
 
 
-def returned(dag_run: Any, task_id: str) -> Any:
-    """What a task returned (its return_value XCom), as stored in the metadata DB."""
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    with create_session() as session:
-        value = session.scalar(
-            select(XComModel.value).where(
-                XComModel.dag_id == dag_run.dag_id,
-                XComModel.run_id == dag_run.run_id,
-                XComModel.task_id == task_id,
-                XComModel.key == "return_value",
-            )
-        )
-    return XComModel.deserialize_value(value) if isinstance(value, str | bytes) else value
-
-
 def assert_succeeded(dag_run: Any) -> None:
     states = {task_id: state for task_id, (state, _) in task_tries(dag_run).items()}
     assert dag_run.state == "success", states
@@ -189,14 +171,6 @@ def delivered_report(delivery: dict[str, Any]) -> dict[str, tuple[int, Decimal, 
 @pytest.fixture(scope="module")
 def report_dag(airflow_db: str) -> Any:
     return parse_dag(DAG_FILE, "sales_daily_report")
-
-
-@pytest.fixture
-def reports_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The report files' base location, given through the Variable as an environment variable."""
-    folder = tmp_path / "reports"
-    monkeypatch.setenv("AIRFLOW_VAR_REPORTS_BASE_PATH", folder.as_uri())
-    return folder
 
 
 @pytest.fixture(autouse=True)

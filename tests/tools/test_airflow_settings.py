@@ -41,7 +41,7 @@ REPO_ENV = {
 REPO_IDS = {
     "connection": ("conn_id", ["warehouse", "airflow_metadata_db", "demo_api", "alerts_webhook"]),
     "slot_pool": ("pool", ["demo_api", "warehouse"]),
-    "variable": ("key", ["batch_quarantine_max_ratio", "batch_alert_dedup_minutes"]),
+    "variable": ("key", ["batch_alert_dedup_minutes"]),
 }
 # The key the applier encrypts passwords, extras and variables with, so the tests can read them back.
 FERNET_KEY = Fernet.generate_key().decode()
@@ -93,7 +93,6 @@ def test_repo_file_resolves_from_the_environment() -> None:
     assert connections["alerts_webhook"].conn_host == "http://127.0.0.1:8081/alerts"
     assert {p.pool_name: p.pool_slot for p in settings.entries["pools"]} == {"demo_api": 2, "warehouse": 4}
     assert {v.variable_name: v.variable_value for v in settings.entries["variables"]} == {
-        "batch_quarantine_max_ratio": "0.05",
         "batch_alert_dedup_minutes": "60",
     }
 
@@ -404,7 +403,7 @@ def test_apply_creates_the_rows_and_a_second_apply_changes_nothing(metadata_db: 
         f"applied {REPO_SETTINGS}: connections {len(REPO_IDS['connection'][1])} created, 0 updated, "
         f"0 unchanged; pools {len(REPO_IDS['slot_pool'][1])} created, " in first.stdout
     )
-    assert "variables 2 created, 0 updated, 0 unchanged" in first.stdout
+    assert f"variables {len(REPO_IDS['variable'][1])} created, 0 updated, 0 unchanged" in first.stdout
     assert read_connection(metadata_db, "warehouse") == (
         "postgres",
         "127.0.0.1",
@@ -428,7 +427,6 @@ def test_apply_creates_the_rows_and_a_second_apply_changes_nothing(metadata_db: 
         False,
     )
     assert read_pool(metadata_db, "demo_api")[0] == 2
-    assert read_variable(metadata_db, "batch_quarantine_max_ratio") == "0.05"
     assert read_variable(metadata_db, "batch_alert_dedup_minutes") == "60"
     after_first = snapshot(metadata_db)
 
