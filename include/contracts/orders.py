@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Self
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import StringConstraints, model_validator
 
 from batchkit.contracts import RecordContract
 from batchkit.load import TargetSpec
-from include.contracts import Money, RecordId, SourceRecord, Timestamp
+from include.contracts import NonNegativeMoney, RecordId, SourceRecord, Timestamp
 
 
 class Order(SourceRecord):
@@ -17,7 +17,7 @@ class Order(SourceRecord):
     order_ts: Timestamp
     updated_at: Timestamp
     # An order's amount is never negative: refunds are separate documents in the shop's API.
-    amount: Annotated[Money, Field(ge=0)]
+    amount: NonNegativeMoney
     status: Annotated[str, StringConstraints(strict=True, pattern=r"^[a-z][a-z_]{0,31}$")]
 
     @model_validator(mode="after")

@@ -76,22 +76,53 @@ def validate_records(
     as_row = (lambda model: (pick(model),)) if len(columns) == 1 else pick
     # model_validate(record) without its per-call wrapper: the same validator, ~0.7 us a record less.
     validate = contract.model.__pydantic_validator__.validate_python
-    rows: list[tuple[Any, ...]] = []
-    rejected: list[Rejected] = []
     with _cyclic_gc_paused():
-        for index, record in enumerate(records):
-            try:
-                model = validate(record)
-            except ValidationError as exc:
-                rejected.append(Rejected(index, record, validation_error_text(exc)))
-                continue
-            row = as_row(model)
-            reason = row_rule(row) if row_rule is not None else None
-            if reason is None:
-                rows.append(row)
-            else:
-                rejected.append(Rejected(index, record, reason))
+        try:
+            # Most pages are entirely valid: map() validates them without a bytecode loop per record.
+            rows = list(map(as_row, map(validate, records)))
+        except ValidationError:
+            rows, origins, rejected = _validate_one_by_one(validate, as_row, records)
+        else:
+            origins, rejected = range(len(rows)), []
+    if row_rule is not None:
+        rows = _apply_row_rule(row_rule, rows, origins, records, rejected)
     return ValidatedPage(rows=rows, rejected=rejected)
+
+
+def _validate_one_by_one(
+    validate: Callable[[Any], BaseModel], as_row: Callable[[BaseModel], tuple[Any, ...]], records: Sequence[Any]
+) -> tuple[list[tuple[Any, ...]], list[int], list[Rejected]]:
+    """Rows, the index of the record each came from, and the rejects, of a page holding invalid records."""
+    rows: list[tuple[Any, ...]] = []
+    origins: list[int] = []
+    rejected: list[Rejected] = []
+    for index, record in enumerate(records):
+        try:
+            rows.append(as_row(validate(record)))
+        except ValidationError as exc:
+            rejected.append(Rejected(index, record, validation_error_text(exc)))
+        else:
+            origins.append(index)
+    return rows, origins, rejected
+
+
+def _apply_row_rule(
+    row_rule: RowRule,
+    rows: list[tuple[Any, ...]],
+    origins: Sequence[int],
+    records: Sequence[Any],
+    rejected: list[Rejected],
+) -> list[tuple[Any, ...]]:
+    """The rows `row_rule` keeps; the others join `rejected` (kept in record order) with its reason."""
+    kept: list[tuple[Any, ...]] = []
+    for index, row in zip(origins, rows, strict=True):
+        reason = row_rule(row)
+        if reason is None:
+            kept.append(row)
+        else:
+            rejected.append(Rejected(index, records[index], reason))
+    rejected.sort(key=attrgetter("index"))
+    return kept
 
 
 @contextmanager

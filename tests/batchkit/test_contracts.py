@@ -6,9 +6,11 @@ import gc
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Annotated
 
 import psycopg
 import pytest
+from pydantic import BaseModel, Field, ValidationError
 
 from batchkit.checkpoints import RunIdentity
 from batchkit.contracts import (
@@ -20,6 +22,7 @@ from batchkit.contracts import (
     validate_records,
 )
 from batchkit.intervals import DataInterval
+from include.contracts import Money, NonNegativeMoney
 from include.contracts.customers import CONTRACT as CUSTOMERS
 from include.contracts.customers import TARGET as CUSTOMERS_TARGET
 from include.contracts.orders import CONTRACT as ORDERS
@@ -57,8 +60,9 @@ def test_a_valid_record_becomes_a_row_in_target_column_order() -> None:
         ({"order_id": "1"}, "order_id: Input should be a valid integer [type=int_type]"),
         ({"order_id": True}, "order_id: Input should be a valid integer [type=int_type]"),
         ({"order_id": 0}, "order_id: Input should be greater than or equal to 1"),
-        ({"amount": "12.505"}, "amount: Decimal input should have no more than 2 decimal places"),
-        ({"amount": "NaN"}, "amount: Input should be a finite number"),
+        ({"amount": "12.505"}, "amount: Input should be an amount with at most 10 digits before the decimal"),
+        ({"amount": "NaN"}, "amount: Input should be an amount with at most 10 digits before the decimal"),
+        ({"amount": "-0.01"}, "and 2 after, not negative, as a JSON number or string [type=money]"),
         ({"order_ts": "2024-05-01T10:00:00"}, "order_ts: Input should have timezone info"),
         ({"order_ts": 1714557600}, "order_ts: Value error, expected an ISO 8601 timestamp string"),
         ({"status": "PAID"}, "status: String should match pattern"),
@@ -76,6 +80,41 @@ def test_contract_violations_are_rejected_with_pydantic_error_text(change: dict,
     assert page.rejected[0].payload == record
     assert page.rejected[0].error.startswith("1 validation error(s) for Order: ")
     assert error in page.rejected[0].error
+
+
+class _FieldConstrainedAmounts(BaseModel):
+    """What Money and NonNegativeMoney must be equivalent to: pydantic's own Decimal constraints."""
+
+    any_sign: Annotated[Decimal, Field(max_digits=12, decimal_places=2)]
+    non_negative: Annotated[Decimal, Field(max_digits=12, decimal_places=2, ge=0)]
+
+
+class _ContractAmounts(BaseModel):
+    any_sign: Money
+    non_negative: NonNegativeMoney
+
+
+@pytest.mark.parametrize(
+    "amount",
+    ["12.50", "12.5", "12", "0", "-0", "-0.00", "-12.50", "9999999999.99", "00000000012.50", "12.500",
+     "1e3", "1E+3", " 12", "+12", "12.", ".5", 12.5, 12, -3, 10**10 - 1,
+     # rejected by both
+     "12.505", "12345678901.00", "NaN", "Infinity", "", "1_000", "twelve", 12.505, 10**10, True, None],
+)  # fmt: skip
+@pytest.mark.parametrize("field", ["any_sign", "non_negative"])
+def test_money_accepts_and_rejects_exactly_what_decimal_field_constraints_do(
+    field: str, amount: object
+) -> None:
+    def outcome(model: type[BaseModel]) -> tuple[str, object]:
+        try:
+            value = getattr(
+                model.model_validate({"any_sign": "1", "non_negative": "1", field: amount}), field
+            )
+        except ValidationError as exc:
+            return "rejected", [error["loc"] for error in exc.errors()]
+        return "accepted", (value, str(value))
+
+    assert outcome(_ContractAmounts) == outcome(_FieldConstrainedAmounts)
 
 
 def test_missing_fields_and_non_objects_are_rejected_at_their_index() -> None:
@@ -118,6 +157,25 @@ def test_row_rule_rejects_valid_rows_with_its_reason() -> None:
     )
     assert [row[0] for row in page.rows] == [2]
     assert page.rejected == [Rejected(0, GOOD_ORDER, "odd order")]
+
+
+def test_a_page_with_invalid_records_gives_the_rows_an_all_valid_page_gives() -> None:
+    """Valid pages take a fast path and pages with rejects another; rows and reject order agree."""
+    orders = [{**GOOD_ORDER, "order_id": order_id} for order_id in range(1, 7)]
+    broken = {**orders[1], "amount": "1.001"}
+    all_valid = validate_records(ORDERS, orders, ORDERS_TARGET.columns)
+    mixed = validate_records(
+        ORDERS,
+        [orders[0], broken, *orders[2:]],
+        ORDERS_TARGET.columns,
+        row_rule=lambda row: "order 3 is held back" if row[0] == 3 else None,
+    )
+    assert all_valid.rejected == []
+    assert [row[0] for row in all_valid.rows] == [1, 2, 3, 4, 5, 6]
+    assert mixed.rows == [row for row in all_valid.rows if row[0] not in (2, 3)]
+    assert [(reject.index, reject.payload) for reject in mixed.rejected] == [(1, broken), (2, orders[2])]
+    assert "amount: Input should be an amount with at most 10 digits" in mixed.rejected[0].error
+    assert mixed.rejected[1].error == "order 3 is held back"
 
 
 def test_quarantine_keeps_objects_as_jsonb_and_anything_else_as_text(warehouse: psycopg.Connection) -> None:

@@ -16,11 +16,11 @@ the Task SDK masks the connection's password and extra in task logs.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
 
+import msgspec
 import requests
 import tenacity
 from airflow.providers.http.hooks.http import HttpHook
@@ -230,9 +230,11 @@ class RestApiHook(HttpHook):
     def _parse(
         response: requests.Response, pagination: Pagination, request: PageRequest, what: str
     ) -> tuple[list[dict[str, Any]], PageRequest | None]:
+        # msgspec (an Airflow core dependency) parses a page in about half the time of json.loads, and
+        # holds to RFC 8259: NaN, Infinity and numbers beyond float64 are malformed, not guessed at.
         try:
-            body = json.loads(response.content)
-        except ValueError as error:  # JSONDecodeError, or bytes that are not UTF-8/16/32
+            body = msgspec.json.decode(response.content)
+        except msgspec.DecodeError as error:
             raise AirflowFailException(
                 f"{what}: response is not valid JSON ({error}); a data error, not retried"
             ) from error

@@ -154,9 +154,10 @@ def stage_rows(conn: psycopg.Connection, staging: Staging, rows: Iterable[Sequen
     staged = 0
     with conn.cursor() as cur, cur.copy(statement) as copy:
         copy.set_types(list(staging.column_types))
+        write_row = copy.write_row
         for staged, row in enumerate(rows, start=1):
             try:
-                copy.write_row(row)
+                write_row(row)
             except (TypeError, ValueError, psycopg.DataError) as exc:
                 raise ValueError(
                     f"row {staged} for {staging.target.table} does not fit columns "
