@@ -169,7 +169,7 @@ def test_contract_violations_and_malformed_records_are_quarantined_and_reconcile
         (dag_id,),
     ).fetchall()
     assert payloads[0][:2] == ("ten", None)
-    assert "amount: Input should be a valid decimal" in payloads[0][2]
+    assert "amount: Input should be an amount with at most 10 digits" in payloads[0][2]
     assert payloads[1][:2] == (None, '"not even an object"')
 
 
