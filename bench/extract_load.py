@@ -1,6 +1,6 @@
 """Records/s and peak memory of the library's extract + load path against a bare script, end to end.
 
-    .venv/bin/python -m bench.extract_load [--records 100000 1000000] [--repeats 3] [--page-size 10000]
+    .venv/bin/python -m bench.extract_load [--records 100000 1000000] [--repeats 5] [--page-size 10000]
 
 One run starts the demo upstream (tools.demo_upstream, its own process) and a throwaway database on
 the server in $BENCH_PG_URL (default postgresql://postgres@127.0.0.1:5432/postgres), and loads the
@@ -282,7 +282,7 @@ def summarise(runs: list[dict], sizes: list[int]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, nargs="+", default=[100_000, 1_000_000])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--page-size", type=int, default=10_000)
     parser.add_argument("--worker", choices=PATHS, help=argparse.SUPPRESS)
     args = parser.parse_args()
