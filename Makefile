@@ -78,6 +78,7 @@ bench: $(INSTALLED) ## run the benchmarks recorded in BENCHMARKS.md (~10 min; co
 	$(BIN)/python -m bench.parse_time
 	$(BIN)/python -m bench.stack_startup
 	$(BIN)/python -m bench.load_path
+	$(BIN)/python -m bench.contract_cost
 	$(BIN)/python -m bench.extract_load
 	$(BIN)/python -m bench.backfill_vs_noop
 
