@@ -233,7 +233,8 @@ class FaultRule(BaseModel):
                          an HTTP-date per `retry_after_format`, when given)
     kind=slow            sleep `delay` seconds, then answer normally
     kind=reset           close the connection without a response
-    kind=malformed_json  200 with a truncated JSON body
+    kind=malformed_json  200 with a body that is not JSON: truncated (`json_defect` truncated), or
+                         carrying a NaN literal (nan), which Python's json module would accept
     kind=bad_records     corrupt the records at `record_indices` (0-based positions in the result) with
                          `defect`: negative_amount, missing_id (drops the first field), wrong_type
                          (the first field becomes a string)
@@ -250,7 +251,14 @@ class FaultRule(BaseModel):
     retry_after_format: Literal["seconds", "http_date"] = "seconds"
     delay: NonNegativeFloat = 0.0
     defect: Literal["negative_amount", "missing_id", "wrong_type"] = "negative_amount"
+    json_defect: Literal["truncated", "nan"] = "truncated"
     record_indices: list[int] = Field(default_factory=list)
+
+
+_MALFORMED_BODIES = {
+    "truncated": b'{"data": [{"id": 1, "amount": ',
+    "nan": b'{"data": [{"id": 1, "amount": NaN}], "next_cursor": null, "next_page": null}',
+}
 
 
 class FaultPlan(BaseModel):
@@ -634,7 +642,7 @@ class Handler(BaseHTTPRequestHandler):
                 self._send_json(fault.status, {"error": f"injected fault: HTTP {fault.status}"}, headers)
                 return
             if fault.kind == "malformed_json":
-                self._send(200, b'{"data": [{"id": 1, "amount": ', [("Content-Type", "application/json")])
+                self._send(200, _MALFORMED_BODIES[fault.json_defect], [("Content-Type", "application/json")])
                 return
             time.sleep(fault.delay)
         page = render(query, self.server.volumes, self.server.faults.record_defects(path))

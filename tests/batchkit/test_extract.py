@@ -279,8 +279,12 @@ def test_permanent_4xx_fails_at_once(status, upstream, connect) -> None:
     assert time.monotonic() - started < 1.0
 
 
-def test_malformed_json_fails_without_retry(upstream, connect) -> None:
-    upstream.set_faults({"kind": "malformed_json", "path": "/v1/cursor/orders", "page": 2})
+@pytest.mark.parametrize("json_defect", ["truncated", "nan"])
+def test_malformed_json_fails_without_retry(upstream, connect, json_defect: str) -> None:
+    """A NaN literal is not JSON (RFC 8259) either, although Python's json module would accept it."""
+    upstream.set_faults(
+        {"kind": "malformed_json", "json_defect": json_defect, "path": "/v1/cursor/orders", "page": 2}
+    )
     endpoint, pagination, _ = STYLES["cursor"]
     with (
         RestApiHook(connect(), retry_policy=FAST_RETRIES) as hook,
