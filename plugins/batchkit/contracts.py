@@ -90,7 +90,9 @@ def validate_records(
 
 
 def _validate_one_by_one(
-    validate: Callable[[Any], BaseModel], as_row: Callable[[BaseModel], tuple[Any, ...]], records: Sequence[Any]
+    validate: Callable[[Any], BaseModel],
+    as_row: Callable[[BaseModel], tuple[Any, ...]],
+    records: Sequence[Any],
 ) -> tuple[list[tuple[Any, ...]], list[int], list[Rejected]]:
     """Rows, the index of the record each came from, and the rejects, of a page holding invalid records."""
     rows: list[tuple[Any, ...]] = []
