@@ -37,8 +37,8 @@ def _timestamp_schema() -> core_schema.CoreSchema:
 
     Both parsers accept the ISO 8601 forms, but pydantic's attaches its own TzInfo class, and psycopg's
     binary COPY dumps such a datetime ~4x slower than one carrying the stdlib's `timezone` (~1 s per
-    million rows of two timestamps: bench/extract_load.py). pydantic-core calls the C function
-    directly, without a Python frame per value.
+    million rows of two timestamps: see the dump step of bench/contract_cost.py). pydantic-core calls
+    the C function directly, without a Python frame per value.
     """
     iso_text = core_schema.custom_error_schema(
         core_schema.chain_schema(
@@ -60,8 +60,9 @@ def money(*, whole_digits: int = 10, decimal_places: int = 2, non_negative: bool
     number or a numeric string, with the same values. Plain numeric strings, the usual form of money in
     an API, take a fast path: a pattern checked inside pydantic-core, then the Decimal. Anything else
     (a number, "1E+3", "12.500") goes through Decimal's own digit checks, which pydantic makes by
-    calling back into Python for every value: ~40% of a contract's validation time when it was the
-    only path (bench/extract_load.py). A failure says in one sentence what an amount must look like.
+    calling back into Python for every value; the fast path costs ~40% less per amount (the validate
+    step of bench/contract_cost.py shows the whole contract). A failure says in one sentence what an
+    amount must look like.
     """
     sign = "" if non_negative else "-?"
     plain = rf"^{sign}[0-9]{{1,{whole_digits}}}(\.[0-9]{{1,{decimal_places}}})?$"
