@@ -10,19 +10,28 @@ target, the contract, who is running which interval, and a page fetcher. What it
 - After the last page, the counters are reconciled (received = staged + quarantined, and both match
   what the staging and quarantine tables hold), the quarantine ratio is checked, and ONE transaction
   merges staging into the target, marks the checkpoint 'complete' and drops staging.
+- Verify and merge never trust what they find: if the staging table is missing or short of what the
+  checkpoint counted (Postgres empties UNLOGGED tables when it restarts after a crash), or the interval
+  was never fully staged, they re-stage it through the `restage` callable the operator hands them
+  (which fetches the interval again) and carry on. Clearing any task of a sync therefore recovers it;
+  nobody has to pick the right one.
 - A run over an interval whose checkpoint is 'complete' or 'rejected' (a backfill with reprocess, a
   clear) starts clean: checkpoint reset, leftover staging dropped, the interval's quarantine rows for
   this dag/task deleted; the merge then replaces the interval's data (upsert by key, or delete+insert
   of the partition), so loading an interval twice leaves the table exactly as loading it once.
-- Too many rejects fail the task WITHOUT retry (AirflowFailException): retrying re-reads the same bad
+- Too many rejects fail the task WITHOUT retry (DataRejectedError): retrying re-reads the same bad
   data. The check runs once all pages are in, because the total is unknown before: an early page full
   of bad records can still be diluted by the pages after it, so no earlier point is "hopeless".
 - `dry_run=True` fetches and validates every page and logs what it would write, and writes nothing:
   no DDL, no staging, no checkpoint, no quarantine, no target change.
 
-One sync per interval at a time: a session advisory lock on the interval refuses a second concurrent
-run (a zombie try) instead of letting two writers interleave pages. Runs of different intervals share
-nothing but the target, where their merges only contend for rows with common keys.
+One sync per interval at a time: a session advisory lock on the interval makes a second concurrent
+run (a scheduled run beside a backfill of the same day, a zombie try) WAIT for the first instead of
+interleaving pages with it; after `lock_wait` it raises IntervalBusyError, which the operator turns
+into a reschedule (no retry is used up). Whatever the first run finished, the second finds it in the
+checkpoint: a staged interval is not fetched again, a merged one is merged again to the same rows.
+Runs of different intervals share nothing but the target, where their merges only contend for rows
+with common keys.
 """
 
 from __future__ import annotations
@@ -31,10 +40,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from typing import Any
 
 import psycopg
-from airflow.sdk.exceptions import AirflowFailException
 
 from batchkit.checkpoints import (
     Checkpoint,
@@ -55,6 +64,7 @@ from batchkit.contracts import (
     quarantine_records,
     validate_records,
 )
+from batchkit.errors import DataRejectedError, IntervalBusyError, StagingIncompleteError
 from batchkit.load.postgres import (
     MergeMode,
     Staging,
@@ -70,6 +80,7 @@ from batchkit.observability import count, get_logger, timing
 from batchkit.pages import Page
 
 __all__ = [
+    "DEFAULT_LOCK_WAIT",
     "FetchPages",
     "RunIdentity",
     "SyncResult",
@@ -80,6 +91,12 @@ __all__ = [
 ]
 
 FetchPages = Callable[[Mapping[str, Any] | None, int], Iterable[Page]]
+# Re-stages the interval (fetches it again) on the caller's connection; see verify_interval.
+Restage = Callable[[], "SyncResult"]
+
+# How long a run waits for another run of the same interval before giving its slot back.
+DEFAULT_LOCK_WAIT = timedelta(minutes=2)
+_LOCK_POLL_SECONDS = (0.2, 5.0)
 
 log = get_logger(__name__)
 
@@ -120,24 +137,37 @@ def sync_interval(
     fetch_pages: FetchPages,
     dry_run: bool = False,
     max_quarantine_ratio: float = 0.01,
+    lock_wait: timedelta = DEFAULT_LOCK_WAIT,
 ) -> SyncResult:
     """Load `identity.interval` from `fetch_pages` into `target`; see the module docstring.
 
     Its phases, stage_interval, verify_interval and merge_interval, also run as separate tasks.
     `conn` must be in autocommit mode: every page commits its own transaction.
     """
-    staged = stage_interval(
-        conn,
-        target=target,
-        contract=contract,
-        identity=identity,
-        fetch_pages=fetch_pages,
-        dry_run=dry_run,
-        max_quarantine_ratio=max_quarantine_ratio,
-    )
+
+    def stage() -> SyncResult:
+        return stage_interval(
+            conn,
+            target=target,
+            contract=contract,
+            identity=identity,
+            fetch_pages=fetch_pages,
+            dry_run=dry_run,
+            max_quarantine_ratio=max_quarantine_ratio,
+            lock_wait=lock_wait,
+        )
+
+    staged = stage()
     if dry_run:
         return staged
-    merged = merge_interval(conn, target=target, identity=identity, max_quarantine_ratio=max_quarantine_ratio)
+    merged = merge_interval(
+        conn,
+        target=target,
+        identity=identity,
+        max_quarantine_ratio=max_quarantine_ratio,
+        restage=stage,
+        lock_wait=lock_wait,
+    )
     return replace(merged, resumed_from_page=staged.resumed_from_page)
 
 
@@ -150,6 +180,7 @@ def stage_interval(
     fetch_pages: FetchPages,
     dry_run: bool = False,
     max_quarantine_ratio: float = 0.01,
+    lock_wait: timedelta = DEFAULT_LOCK_WAIT,
 ) -> SyncResult:
     """Phase 1: fetch, validate, stage and quarantine every page, one checkpointed transaction each.
 
@@ -169,7 +200,7 @@ def stage_interval(
     ensure_checkpoints(conn)
     ensure_quarantine(conn)
     staging = prepare_staging(conn, target, identity.scope())
-    with _interval_lock(conn, identity):
+    with _interval_lock(conn, identity, lock_wait, bound):
         checkpoint = _resume_or_start(conn, identity, staging, bound)
         resumed_from_page = checkpoint.pages_done + 1
         if not checkpoint.source_exhausted:
@@ -183,28 +214,43 @@ def stage_interval(
 
 
 def verify_interval(
-    conn: psycopg.Connection, *, target: TargetSpec, identity: RunIdentity, max_quarantine_ratio: float = 0.01
+    conn: psycopg.Connection,
+    *,
+    target: TargetSpec,
+    identity: RunIdentity,
+    max_quarantine_ratio: float = 0.01,
+    restage: Restage | None = None,
+    lock_wait: timedelta = DEFAULT_LOCK_WAIT,
 ) -> SyncResult:
     """Phase 2: received = staged + quarantined (counters and tables agree), quarantine ratio in bounds.
 
-    A failure here rejects the interval (staging dropped, quarantine kept as evidence) and raises
-    AirflowFailException: retrying cannot change what the source sent.
+    Staging that is missing or short of the checkpoint (a crash, a never-finished stage) is re-staged
+    with `restage` first; without it, StagingIncompleteError asks for the staging step. Too many
+    rejects, or counts that still disagree after re-staging, reject the interval (staging dropped,
+    quarantine kept as evidence) with DataRejectedError: retrying cannot change what the source sent.
     """
     _require_autocommit(conn)
+    bound = _bound_log(target, identity, dry_run=False)
     ensure_checkpoints(conn)
     staging = prepare_staging(conn, target, identity.scope())
-    with _interval_lock(conn, identity):
+    with _interval_lock(conn, identity, lock_wait, bound):
         checkpoint = read_checkpoint(conn, identity)
         if checkpoint is not None and checkpoint.state is CheckpointState.COMPLETE:
             return _result(target, identity, checkpoint, resumed_from_page=checkpoint.pages_done + 1)
-        return _verified(conn, target, identity, staging, checkpoint, max_quarantine_ratio)
+        return _verified(conn, target, identity, staging, checkpoint, max_quarantine_ratio, restage, bound)
 
 
 def merge_interval(
-    conn: psycopg.Connection, *, target: TargetSpec, identity: RunIdentity, max_quarantine_ratio: float = 0.01
+    conn: psycopg.Connection,
+    *,
+    target: TargetSpec,
+    identity: RunIdentity,
+    max_quarantine_ratio: float = 0.01,
+    restage: Restage | None = None,
+    lock_wait: timedelta = DEFAULT_LOCK_WAIT,
 ) -> SyncResult:
-    """Phase 3: verify again (cheap, and the merge must never trust an earlier task), then merge staging
-    into the target and complete the checkpoint in ONE transaction.
+    """Phase 3: verify again (cheap, and the merge must never trust an earlier task; it re-stages like
+    verify_interval), then merge staging into the target and complete the checkpoint in ONE transaction.
 
     Rerunning it after it succeeded changes nothing: the checkpoint is 'complete' and the staging table
     is gone, so it reports the merge on record.
@@ -214,12 +260,12 @@ def merge_interval(
     started = time.monotonic()
     ensure_checkpoints(conn)
     staging = prepare_staging(conn, target, identity.scope())
-    with _interval_lock(conn, identity):
+    with _interval_lock(conn, identity, lock_wait, bound):
         checkpoint = read_checkpoint(conn, identity)
         if checkpoint is not None and checkpoint.state is CheckpointState.COMPLETE:
             bound.info("sync_merge_already_done", run_id=checkpoint.run_id)
             return _result(target, identity, checkpoint, resumed_from_page=checkpoint.pages_done + 1)
-        result = _verified(conn, target, identity, staging, checkpoint, max_quarantine_ratio)
+        result = _verified(conn, target, identity, staging, checkpoint, max_quarantine_ratio, restage, bound)
         with conn.transaction():
             merged = merge_staging(conn, staging, (identity.interval.start, identity.interval.end))
             finish_checkpoint(
@@ -257,14 +303,27 @@ def _verified(
     staging: Staging,
     checkpoint: Checkpoint | None,
     max_quarantine_ratio: float,
+    restage: Restage | None,
+    bound: Any,
 ) -> SyncResult:
-    if checkpoint is None or not checkpoint.source_exhausted:
-        raise AirflowFailException(
-            f"{identity.scope()}: the interval is not fully staged "
-            f"(checkpoint {checkpoint.state if checkpoint else 'missing'}); rerun the staging task first"
-        )
+    """The staged interval's counts once they reconcile, re-staging it once if they do not."""
+    problem = _staging_problem(conn, identity, staging, checkpoint)
+    if problem is not None:
+        if restage is None:
+            raise StagingIncompleteError(f"{identity.scope()}: {problem}; run the staging step again")
+        bound.warning("sync_restaging_interval", reason=problem)
+        count("intervals_restaged", dag_id=identity.dag_id, target=target.table)
+        restage()
+        checkpoint = read_checkpoint(conn, identity)
+        problem = _staging_problem(conn, identity, staging, checkpoint)
+        if problem is not None:
+            _reject(conn, identity, staging)
+            raise DataRejectedError(
+                f"{identity.scope()}: {problem}, even after staging the interval again; nothing was "
+                "merged, the next run starts the interval over"
+            )
+    assert checkpoint is not None  # _staging_problem reports a missing checkpoint
     result = _result(target, identity, checkpoint, resumed_from_page=checkpoint.pages_done + 1)
-    _reconcile(conn, identity, staging, checkpoint)
     _check_quarantine_ratio(
         result, max_quarantine_ratio, identity, on_fail=lambda: _reject(conn, identity, staging)
     )
@@ -382,21 +441,25 @@ def _check_page_order(page: Page, pages_done: int, *, source_exhausted: bool) ->
         )
 
 
-def _reconcile(
-    conn: psycopg.Connection, identity: RunIdentity, staging: Staging, checkpoint: Checkpoint
-) -> None:
-    """Received = staged + quarantined, and the tables hold what the checkpoint counted."""
+def _staging_problem(
+    conn: psycopg.Connection, identity: RunIdentity, staging: Staging, checkpoint: Checkpoint | None
+) -> str | None:
+    """Why the interval cannot be merged as staged, or None when received = staged + quarantined and
+    the staging and quarantine tables hold exactly what the checkpoint counted."""
+    if checkpoint is None or checkpoint.state is not CheckpointState.IN_PROGRESS:
+        return f"the interval is not staged (checkpoint {checkpoint.state if checkpoint else 'missing'})"
+    if not checkpoint.source_exhausted:
+        return f"staging stopped after page {checkpoint.pages_done}, before the source's last page"
     with conn.transaction():
         staged = staging_row_count(conn, staging) or 0
         quarantined = count_quarantined(conn, identity)
     counted = (checkpoint.rows_received, checkpoint.rows_staged, checkpoint.rows_quarantined)
     if checkpoint.rows_received == staged + quarantined and (staged, quarantined) == counted[1:]:
-        return
-    _reject(conn, identity, staging)
-    raise AirflowFailException(
-        f"{identity.scope()}: rows do not reconcile: checkpoint counted received={counted[0]} "
-        f"staged={counted[1]} quarantined={counted[2]}, but staging holds {staged} and quarantine holds "
-        f"{quarantined} rows; nothing was merged, the next run starts the interval over"
+        return None
+    # Postgres empties UNLOGGED tables when it restarts after a crash: the usual way to get here.
+    return (
+        f"rows do not reconcile: checkpoint counted received={counted[0]} staged={counted[1]} "
+        f"quarantined={counted[2]}, but staging holds {staged} and quarantine holds {quarantined} rows"
     )
 
 
@@ -407,7 +470,7 @@ def _check_quarantine_ratio(
         return
     on_fail()
     what = "dry run: a real run would fail" if result.dry_run else "nothing was merged"
-    raise AirflowFailException(
+    raise DataRejectedError(
         f"{identity.scope()}: {result.quarantined} of {result.received} records quarantined "
         f"({result.quarantine_ratio:.2%}), above the threshold max_quarantine_ratio={max_ratio:.2%}; "
         f"{what}. See batch_meta.quarantine for the records and errors."
@@ -495,14 +558,31 @@ def _dry_run(
 
 
 @contextmanager
-def _interval_lock(conn: psycopg.Connection, identity: RunIdentity) -> Iterator[None]:
-    """A session advisory lock on the interval; a killed holder's lock goes with its connection."""
+def _interval_lock(
+    conn: psycopg.Connection, identity: RunIdentity, wait: timedelta, bound: Any
+) -> Iterator[None]:
+    """A session advisory lock on the interval, waited for up to `wait`.
+
+    A killed holder's lock goes with its connection. The lock is re-entrant within one session, so a
+    merge that re-stages the interval takes it again without waiting for itself.
+    """
     lock_key = f"batchkit:sync:{identity.scope()}"
-    acquired = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (lock_key,)).fetchone()[0]
-    if not acquired:
-        raise RuntimeError(
-            f"another run is syncing {identity.scope()} right now; refusing to interleave with it"
-        )
+    started = time.monotonic()
+    pause, max_pause = _LOCK_POLL_SECONDS
+    while not conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (lock_key,)).fetchone()[0]:
+        waited = time.monotonic() - started
+        if waited >= wait.total_seconds():
+            raise IntervalBusyError(
+                f"another run held {identity.scope()} for all of the {wait.total_seconds():.0f}s this run "
+                "waited; it will try again later"
+            )
+        if pause == _LOCK_POLL_SECONDS[0]:
+            holder = read_checkpoint(conn, identity)
+            bound.info("sync_waiting_for_interval", holder_run_id=holder.run_id if holder else None)
+        time.sleep(min(pause, max(0.0, wait.total_seconds() - waited)))
+        pause = min(pause * 2, max_pause)
+    if time.monotonic() - started > _LOCK_POLL_SECONDS[0]:
+        bound.info("sync_interval_lock_acquired", waited_s=round(time.monotonic() - started, 1))
     try:
         yield
     finally:

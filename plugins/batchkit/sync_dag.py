@@ -20,7 +20,12 @@ from airflow.sdk import DAG, CronDataIntervalTimetable
 from batchkit.alerts import AlertRoute
 from batchkit.assets import table_asset
 from batchkit.dag_factory import standard_dag
-from batchkit.operators.sync import MergeIntervalOperator, StageIntervalOperator, VerifyIntervalOperator
+from batchkit.operators.sync import (
+    IntervalSource,
+    MergeIntervalOperator,
+    StageIntervalOperator,
+    VerifyIntervalOperator,
+)
 from batchkit.sync_spec import SyncSpec, load_spec, spec_path
 
 SYNC_KEY = "sync"
@@ -37,6 +42,15 @@ def build_sync_dag(spec: SyncSpec) -> DAG:
     target = spec.target_spec()
     source = spec.source
     common = {
+        "source": IntervalSource(
+            http_conn_id=source.conn_id,
+            endpoint=source.endpoint,
+            pagination=source.pagination,
+            contract=spec.record_contract(),
+            interval_params=(source.interval_params.start, source.interval_params.end),
+            query_params=source.params,
+            retry_policy=source.retry.policy(),
+        ),
         "target": target,
         "sync_key": SYNC_KEY,
         "warehouse_conn_id": spec.target.conn_id,
@@ -61,17 +75,7 @@ def build_sync_dag(spec: SyncSpec) -> DAG:
             email_to=tuple(spec.alerts.email_to),
         ),
     ) as dag:
-        extract_stage = StageIntervalOperator(
-            task_id="extract_stage",
-            pool=source.pool,
-            http_conn_id=source.conn_id,
-            endpoint=source.endpoint,
-            pagination=source.pagination,
-            contract=spec.record_contract(),
-            interval_params=(source.interval_params.start, source.interval_params.end),
-            query_params=source.params,
-            **common,
-        )
+        extract_stage = StageIntervalOperator(task_id="extract_stage", pool=source.pool, **common)
         verify_quarantine = VerifyIntervalOperator(
             task_id="verify_quarantine", pool=spec.target.pool, **common
         )

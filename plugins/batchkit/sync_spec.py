@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from batchkit.contracts import RecordContract
 from batchkit.extract.pagination import Pagination
+from batchkit.extract.retry import RetryPolicy
 from batchkit.load.identifiers import IDENTIFIER_PATTERN
 from batchkit.load.postgres import MergeMode
 from batchkit.load.postgres import TargetSpec as LoadTarget
@@ -78,6 +79,28 @@ class IntervalParams(_Strict):
     end: str = "updated_before"
 
 
+class RetrySpec(_Strict):
+    """How one request to the source is retried inside the task before Airflow's own retries count.
+
+    Transient failures (timeouts, resets, 408/429/5xx) are retried with full-jitter exponential backoff
+    (or after Retry-After) until `budget_seconds` since the first attempt are spent, so an outage
+    shorter than the budget costs no Airflow try. `max_attempts` caps the count too, if set.
+    """
+
+    budget_seconds: float = Field(default=300, gt=0, le=3600)
+    backoff_initial_seconds: float = Field(default=1, gt=0)
+    backoff_max_seconds: float = Field(default=30, gt=0)
+    max_attempts: int | None = Field(default=None, ge=1)
+
+    def policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            max_attempts=self.max_attempts,
+            backoff_initial=self.backoff_initial_seconds,
+            backoff_max=self.backoff_max_seconds,
+            max_total_seconds=self.budget_seconds,
+        )
+
+
 class SourceSpec(_Strict):
     conn_id: ConnId
     endpoint: str = Field(pattern=r"^/[A-Za-z0-9_\-/.]*$")
@@ -87,6 +110,7 @@ class SourceSpec(_Strict):
     params: dict[str, str | int] = Field(default_factory=dict)
     # A module of include/contracts that defines CONTRACT (the record model) and TARGET (its table).
     contract: Identifier
+    retry: RetrySpec = RetrySpec()
 
 
 class TargetSection(_Strict):
@@ -98,6 +122,9 @@ class TargetSection(_Strict):
     # The timestamp column the interval is about: replace_interval deletes [start, end) of it, and the
     # freshness check reads it.
     interval_column: Identifier
+    # Orders the versions of one key, so a backfill of older intervals never overwrites newer rows:
+    # a stored row is replaced only by a version that is the same or newer. Defaults to interval_column.
+    version_column: Identifier | None = None
 
     @field_validator("table")
     @classmethod
@@ -166,7 +193,10 @@ class SyncSpec(_Strict):
         """The contract's table as this file loads it: merge mode and interval column from the file."""
         declared: LoadTarget = self.contract_module().TARGET
         return dataclasses.replace(
-            declared, mode=MergeMode(self.target.merge), interval_column=self.target.interval_column
+            declared,
+            mode=MergeMode(self.target.merge),
+            interval_column=self.target.interval_column,
+            version_column=self.target.version_column or self.target.interval_column,
         )
 
     @property

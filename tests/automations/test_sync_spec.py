@@ -87,6 +87,18 @@ def test_the_repo_sync_files_validate(path: Path) -> None:
             id="key_disagrees_with_contract",
         ),
         pytest.param(
+            "source.retry",
+            {"budget_seconds": 0},
+            "source.retry.budget_seconds: Input should be greater than 0",
+            id="zero_retry_budget",
+        ),
+        pytest.param(
+            "target.version_column",
+            "order_id; drop table x",
+            "target.version_column: String should match pattern",
+            id="sql_as_version_column",
+        ),
+        pytest.param(
             "retry_delay_seconds",
             0,
             "retry_delay_seconds: Input should be greater than or equal to 1",
@@ -154,6 +166,16 @@ def test_the_dag_file_of_an_invalid_sync_file_becomes_an_import_error_naming_fil
     assert f"target.table: Value error, {INJECTION!r}" in error
 
 
+def test_the_in_task_retry_budget_and_version_column_come_from_the_file(tmp_path: Path) -> None:
+    document = with_field(declared(), "source.retry", {"budget_seconds": 120, "backoff_max_seconds": 10})
+    spec = load_spec(write_spec(tmp_path, DAG_ID, document))
+
+    policy = build_sync_dag(spec).get_task("extract_stage").source.retry_policy
+
+    assert (policy.max_total_seconds, policy.backoff_max, policy.max_attempts) == (120, 10, None)
+    assert spec.target_spec().version_column == spec.target.interval_column == "updated_at"
+
+
 def test_the_source_query_holds_only_the_files_params_never_the_run_params() -> None:
     """The DAG's run params (dry_run) must never leak into the request sent to the source."""
     spec = load_spec(automations_dir() / "sales_orders_sync.yaml")
@@ -161,5 +183,5 @@ def test_the_source_query_holds_only_the_files_params_never_the_run_params() -> 
 
     extract = build_sync_dag(spec).get_task("extract_stage")
 
-    assert extract.query_params == {"region": "eu"}
+    assert extract.source.query_params == {"region": "eu"}
     assert "dry_run" in extract.params

@@ -229,6 +229,22 @@ def test_transient_errors_give_up_after_max_attempts(upstream, connect) -> None:
     assert upstream.page_requests("/v1/orders") == {1: 1, 2: 3}
 
 
+def test_an_outage_shorter_than_the_budget_is_ridden_out_whatever_the_number_of_attempts(
+    upstream, connect
+) -> None:
+    """The default policy caps time, not attempts: 40 failures in a row cost retries, not the task."""
+    upstream.set_faults({"kind": "status", "status": 503, "path": "/v1/orders", "page": 2, "times": 40})
+    policy = RetryPolicy(backoff_initial=0.01, backoff_max=0.05, max_total_seconds=30)
+    assert policy.max_attempts is None
+    with RestApiHook(connect(), retry_policy=policy) as hook:
+        pages = list(
+            hook.iter_pages("/v1/orders", pagination=STYLES["page_number_until_empty"][1], params=WINDOW)
+        )
+
+    assert ids(pages) == ALL_ORDER_IDS
+    assert upstream.page_requests("/v1/orders")[2] == 41
+
+
 def test_retries_stop_within_the_total_time_budget(upstream, connect) -> None:
     upstream.set_faults({"kind": "status", "status": 503, "path": "/v1/orders", "times": None})
     policy = RetryPolicy(max_attempts=1000, backoff_initial=0.1, backoff_max=0.1, max_total_seconds=0.5)

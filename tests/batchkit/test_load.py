@@ -29,9 +29,16 @@ from include.contracts.orders import TARGET as ORDERS
 DAY = (datetime(2024, 5, 1, tzinfo=UTC), datetime(2024, 5, 2, tzinfo=UTC))
 
 
-def order_row(order_id: int, *, amount: str = "10.00", status: str = "paid", hour: int = 10) -> tuple:
+VERSIONED = dataclasses.replace(ORDERS, version_column="updated_at")
+
+
+def order_row(
+    order_id: int, *, amount: str = "10.00", status: str = "paid", hour: int = 10, updated_days: int = 0
+) -> tuple:
+    """An order placed on DAY; `updated_days` later versions of it carry a later updated_at."""
     ts = DAY[0] + timedelta(hours=hour)
-    return (order_id, 100 + order_id, ts, ts + timedelta(minutes=5), Decimal(amount), status)
+    updated_at = ts + timedelta(days=updated_days, minutes=5)
+    return (order_id, 100 + order_id, ts, updated_at, Decimal(amount), status)
 
 
 def orders_checksum(conn: psycopg.Connection) -> tuple[int, str]:
@@ -150,6 +157,55 @@ def test_replace_interval_deletes_the_partition_and_leaves_other_days(orders: ps
     ]
 
 
+def test_an_older_version_never_replaces_a_newer_one(orders: psycopg.Connection) -> None:
+    day_1 = [order_row(1, status="paid"), order_row(2, status="paid")]
+    day_2 = [order_row(1, status="refunded", amount="0.00", updated_days=1)]
+
+    load(orders, VERSIONED, "newer-first-2", [day_2])
+    older_after = load(orders, VERSIONED, "newer-first-1", [day_1])
+    newer_first = orders_checksum(orders)
+
+    assert (older_after.inserted, older_after.updated) == (1, 0)
+    assert orders.execute("SELECT status, amount FROM sales.orders WHERE order_id = 1").fetchone() == (
+        "refunded",
+        Decimal("0.00"),
+    )
+    orders.execute("TRUNCATE sales.orders")
+    load(orders, VERSIONED, "in-order-1", [day_1])
+    newer_after = load(orders, VERSIONED, "in-order-2", [day_2])
+    assert newer_after.updated == 1
+    assert orders_checksum(orders) == newer_first
+
+
+def test_an_equal_version_is_reapplied_so_a_reload_can_correct_a_row(orders: psycopg.Connection) -> None:
+    load(orders, VERSIONED, "first", [[order_row(1, amount="10.00")]])
+    corrected = load(orders, VERSIONED, "restated", [[order_row(1, amount="12.00")]])
+    assert corrected.updated == 1
+    assert orders.execute("SELECT amount FROM sales.orders WHERE order_id = 1").fetchone() == (
+        Decimal("12.00"),
+    )
+
+
+def test_replace_interval_keeps_a_newer_version_of_a_key_that_moved_out(orders: psycopg.Connection) -> None:
+    by_update_day = dataclasses.replace(
+        VERSIONED, mode=MergeMode.REPLACE_INTERVAL, interval_column="updated_at"
+    )
+    load(orders, by_update_day, "moved-day-1", [[order_row(1), order_row(2)]])
+    # Day 2 holds order 1's newer version; its partition is day 2, so day 1's delete does not touch it.
+    orders.execute(
+        "UPDATE sales.orders SET updated_at = updated_at + interval '1 day', status = 'refunded' "
+        "WHERE order_id = 1"
+    )
+
+    counts = load(orders, by_update_day, "moved-day-1-again", [[order_row(1), order_row(2)]])
+
+    assert (counts.deleted, counts.inserted, counts.updated) == (1, 1, 0)
+    assert orders.execute("SELECT order_id, status FROM sales.orders ORDER BY order_id").fetchall() == [
+        (1, "refunded"),
+        (2, "paid"),
+    ]
+
+
 def test_same_interval_loaded_twice_gives_the_identical_table(orders: psycopg.Connection) -> None:
     pages = [[order_row(i, amount=f"{i}.25") for i in range(1, 6)], [order_row(3, status="refunded")]]
     load(orders, ORDERS, "run-a", pages)
@@ -228,15 +284,8 @@ def test_a_key_inserted_by_a_concurrent_merge_is_settled_by_on_conflict(
         )
         merging = threading.Thread(target=merge)
         merging.start()
-        deadline = time.monotonic() + 10
         # The merge's INSERT does not see the rival's uncommitted key 2 and waits on its index entry.
-        while not orders.execute(
-            "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE datname = current_database() "
-            "AND wait_event_type = 'Lock' AND query LIKE %s)",
-            ("%INSERT INTO%",),
-        ).fetchone()[0]:
-            assert time.monotonic() < deadline, "the merge never waited for the rival's row"
-            time.sleep(0.05)
+        wait_until_an_insert_waits_for_a_lock(orders)
         rival.commit()
         merging.join(10)
 
@@ -248,6 +297,54 @@ def test_a_key_inserted_by_a_concurrent_merge_is_settled_by_on_conflict(
         (2, Decimal("2.00"), "paid"),
         (3, Decimal("10.00"), "paid"),
     ]
+
+
+def test_on_conflict_keeps_a_newer_version_a_concurrent_merge_inserted(
+    orders: psycopg.Connection, warehouse_conninfo: str
+) -> None:
+    staging = prepare_staging(orders, VERSIONED, "race-versions")
+    with orders.transaction():
+        stage_rows(orders, staging, [order_row(1), order_row(2, amount="2.00")])
+    outcome: dict[str, MergeCounts] = {}
+
+    def merge() -> None:
+        with psycopg.connect(warehouse_conninfo, autocommit=True) as conn, conn.transaction():
+            outcome["counts"] = merge_staging(conn, staging, DAY)
+
+    with psycopg.connect(warehouse_conninfo) as rival:
+        rival.execute(
+            "INSERT INTO sales.orders VALUES (%s, %s, %s, %s, %s, %s)",
+            order_row(2, amount="0.00", status="refunded", updated_days=1),
+        )
+        merging = threading.Thread(target=merge)
+        merging.start()
+        wait_until_an_insert_waits_for_a_lock(orders)
+        rival.commit()
+        merging.join(10)
+
+    assert outcome["counts"] == MergeCounts(inserted=1, updated=0, deleted=0)
+    assert orders.execute("SELECT order_id, status FROM sales.orders ORDER BY order_id").fetchall() == [
+        (1, "paid"),
+        (2, "refunded"),
+    ]
+
+
+def wait_until_an_insert_waits_for_a_lock(conn: psycopg.Connection) -> None:
+    deadline = time.monotonic() + 10
+    while not conn.execute(
+        "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE datname = current_database() "
+        "AND wait_event_type = 'Lock' AND query LIKE %s)",
+        ("%INSERT INTO%",),
+    ).fetchone()[0]:
+        assert time.monotonic() < deadline, "the merge never waited for the rival's row"
+        time.sleep(0.05)
+
+
+def test_target_spec_rejects_a_version_column_it_does_not_load() -> None:
+    with pytest.raises(ValueError, match="version_column 'version' is not among columns"):
+        dataclasses.replace(ORDERS, version_column="version")
+    with pytest.raises(ValueError, match="version_column 'order_id' is part of the key"):
+        dataclasses.replace(ORDERS, version_column="order_id")
 
 
 def test_warehouse_hook_gives_an_autocommit_psycopg3_connection() -> None:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
@@ -17,9 +18,9 @@ from typing import Any
 
 import psycopg
 import pytest
-from airflow.sdk.exceptions import AirflowFailException
 
 from batchkit.checkpoints import RunIdentity
+from batchkit.errors import DataRejectedError, IntervalBusyError, StagingIncompleteError
 from batchkit.intervals import DataInterval
 from batchkit.load.postgres import MergeMode, staging_table_name
 from batchkit.pages import Page
@@ -182,7 +183,7 @@ def test_too_many_rejects_fail_without_retry_and_the_next_run_starts_clean(
         [[order(1), bad, order(2), bad], [order(3), bad, order(4), order(5), order(6), order(7)]]
     )
 
-    with pytest.raises(AirflowFailException) as failure:
+    with pytest.raises(DataRejectedError) as failure:
         sync(warehouse, identity, source, max_quarantine_ratio=0.2)
 
     message = str(failure.value)
@@ -250,7 +251,7 @@ def test_dry_run_over_the_threshold_fails_like_the_real_run_would(
     warehouse: psycopg.Connection, dag_id: str
 ) -> None:
     with pytest.raises(
-        AirflowFailException, match="1 of 2 records quarantined .*dry run: a real run would fail"
+        DataRejectedError, match="1 of 2 records quarantined .*dry run: a real run would fail"
     ):
         sync(
             warehouse,
@@ -327,12 +328,7 @@ def test_staging_lost_in_a_server_crash_restarts_the_interval(
     identity = run_identity(dag_id)
     with pytest.raises(ConnectionError):
         sync(warehouse, identity, PagedSource(FIVE_PAGES, fail_after=2))
-    # What crash recovery does to an unlogged table: its rows are gone, the logged checkpoint is not.
-    warehouse.execute(
-        psycopg.sql.SQL("TRUNCATE {}").format(
-            psycopg.sql.Identifier(*staging_table_name(TARGET, identity.scope()).split("."))
-        )
-    )
+    lose_staging(warehouse, identity)
 
     source = PagedSource(FIVE_PAGES)
     result = sync(warehouse, identity, source)
@@ -340,6 +336,78 @@ def test_staging_lost_in_a_server_crash_restarts_the_interval(
     assert source.calls == [(None, 0)]
     assert (result.resumed_from_page, result.received, result.loaded, result.quarantined) == (1, 10, 9, 1)
     assert len(quarantined(warehouse, identity)) == 1
+
+
+def lose_staging(conn: psycopg.Connection, identity: RunIdentity) -> None:
+    """What crash recovery does to an unlogged table: its rows are gone, the logged checkpoint is not."""
+    conn.execute(
+        psycopg.sql.SQL("TRUNCATE {}").format(
+            psycopg.sql.Identifier(*staging_table_name(TARGET, identity.scope()).split("."))
+        )
+    )
+
+
+@pytest.mark.parametrize("step", [verify_interval, merge_interval])
+def test_staging_lost_between_stage_and_merge_is_restaged_by_the_next_step(
+    warehouse: psycopg.Connection, dag_id: str, step
+) -> None:
+    identity = run_identity(dag_id)
+    first_fetch = PagedSource(FIVE_PAGES)
+    stage_interval(warehouse, target=TARGET, contract=CONTRACT, identity=identity, fetch_pages=first_fetch)
+    lose_staging(warehouse, identity)
+    refetch = PagedSource(FIVE_PAGES)
+
+    def restage():
+        return stage_interval(
+            warehouse, target=TARGET, contract=CONTRACT, identity=identity, fetch_pages=refetch
+        )
+
+    result = step(warehouse, target=TARGET, identity=identity, max_quarantine_ratio=0.5, restage=restage)
+    merged = merge_interval(warehouse, target=TARGET, identity=identity, max_quarantine_ratio=0.5)
+
+    assert refetch.calls == [(None, 0)]
+    assert (result.received, result.loaded, result.quarantined) == (10, 9, 1)
+    assert (merged.received, merged.loaded, merged.quarantined) == (10, 9, 1)
+    assert [row[0] for row in orders(warehouse)] == [1, 2, 3, 4, 5, 6, 7]
+    assert len(quarantined(warehouse, identity)) == 1
+    assert checkpoint(warehouse, identity)[0] == "complete"
+
+
+def test_lost_staging_without_a_way_to_restage_asks_for_the_staging_step_and_rejects_nothing(
+    warehouse: psycopg.Connection, dag_id: str
+) -> None:
+    identity = run_identity(dag_id)
+    stage_interval(
+        warehouse, target=TARGET, contract=CONTRACT, identity=identity, fetch_pages=PagedSource(FIVE_PAGES)
+    )
+    lose_staging(warehouse, identity)
+
+    with pytest.raises(StagingIncompleteError, match="rows do not reconcile.*run the staging step again"):
+        merge_interval(warehouse, target=TARGET, identity=identity, max_quarantine_ratio=0.5)
+
+    assert checkpoint(warehouse, identity)[0] == "in_progress"
+    assert sync(warehouse, identity, PagedSource(FIVE_PAGES)).loaded == 9
+
+
+def test_a_backfill_of_older_days_never_moves_rows_back_to_an_older_version(
+    warehouse: psycopg.Connection, dag_id: str
+) -> None:
+    versioned = dataclasses.replace(TARGET, version_column="updated_at")
+    day_1 = [[order(1, status="paid"), order(2, status="paid")]]
+    day_2 = [[order(1, day=DAY_2, status="refunded", amount="0.00")]]
+
+    def load(day: DataInterval, pages: list, run: str) -> None:
+        sync(warehouse, run_identity(dag_id, day, run_id=run), PagedSource(pages), target=versioned)
+
+    load(DAY_2, day_2, "scheduled__2")
+    load(DAY_1, day_1, "backfill__1")
+    newest_first = checksum(warehouse)
+    warehouse.execute("TRUNCATE sales.orders")
+    load(DAY_1, day_1, "scheduled__1b")
+    load(DAY_2, day_2, "scheduled__2b")
+
+    assert checksum(warehouse) == newest_first
+    assert orders(warehouse) == [(1, Decimal("0.00"), "refunded"), (2, Decimal("10.00"), "paid")]
 
 
 def test_a_fresh_run_over_a_complete_interval_replaces_it(warehouse: psycopg.Connection, dag_id: str) -> None:
@@ -428,7 +496,7 @@ def test_two_intervals_sync_concurrently_without_interfering(
     assert [checkpoint(warehouse, run_identity(dag_id, day))[0] for day in days] == ["complete", "complete"]
 
 
-def test_a_second_concurrent_run_of_the_same_interval_is_refused(
+def test_a_run_blocked_past_its_wait_gives_up_as_busy_and_writes_nothing(
     warehouse: psycopg.Connection, warehouse_conninfo: str, dag_id: str
 ) -> None:
     identity = run_identity(dag_id)
@@ -436,9 +504,51 @@ def test_a_second_concurrent_run_of_the_same_interval_is_refused(
         zombie.execute(
             "SELECT pg_advisory_lock(hashtextextended(%s, 0))", (f"batchkit:sync:{identity.scope()}",)
         )
-        with pytest.raises(RuntimeError, match="another run is syncing"):
-            sync(warehouse, identity, PagedSource([[order(1)]]))
+        with pytest.raises(IntervalBusyError, match="another run held .* for all of the 1s"):
+            sync(warehouse, identity, PagedSource([[order(1)]]), lock_wait=timedelta(seconds=1))
+    assert checkpoint(warehouse, identity) is None
     assert sync(warehouse, identity, PagedSource([[order(1)]])).loaded == 1
+
+
+def test_a_second_run_of_the_same_interval_waits_for_the_first_and_both_succeed(
+    warehouse: psycopg.Connection, warehouse_conninfo: str, dag_id: str
+) -> None:
+    """A scheduled run and a backfill of the same day: the second waits, the outcome is exactly-once."""
+    identity = run_identity(dag_id, run_id="scheduled__1")
+    backfill = run_identity(dag_id, run_id="backfill__1")
+    first_page_served = threading.Event()
+    release = threading.Event()
+
+    def slow_source(resume_state, pages_done):
+        yield Page(1, [order(1), order(2)], {"next_page": 2})
+        first_page_served.set()
+        release.wait(10)
+        yield Page(2, [order(3)], None)
+
+    outcome: dict[str, Any] = {}
+
+    def first_run() -> None:
+        with psycopg.connect(warehouse_conninfo, autocommit=True) as conn:
+            outcome["first"] = sync(conn, identity, slow_source)
+
+    first = threading.Thread(target=first_run)
+    first.start()
+    assert first_page_served.wait(10)
+    second_source = PagedSource([[order(1), order(2)], [order(3)]])
+    second = threading.Thread(
+        target=lambda: outcome.setdefault("second", sync(warehouse, backfill, second_source))
+    )
+    second.start()
+    time.sleep(1.0)  # the second run is now waiting on the interval's lock
+    assert "second" not in outcome
+    release.set()
+    first.join(20)
+    second.join(20)
+
+    assert outcome["first"].loaded == 3
+    assert outcome["second"].received == 3  # it found the interval merged and reloaded it cleanly
+    assert [row[0] for row in orders(warehouse)] == [1, 2, 3]
+    assert checkpoint(warehouse, identity)[:2] == ("complete", 2)
 
 
 def test_a_source_that_skips_a_page_is_refused(warehouse: psycopg.Connection, dag_id: str) -> None:
@@ -464,7 +574,7 @@ def test_the_phases_run_as_separate_tasks_and_a_rerun_merge_changes_nothing(ware
     identity = run_identity(f"split_{uuid.uuid4().hex[:8]}")
     source = PagedSource([[order(1), order(2)], [order(3)]])
 
-    with pytest.raises(AirflowFailException, match="not fully staged"):
+    with pytest.raises(StagingIncompleteError, match="the interval is not staged"):
         merge_interval(warehouse, target=TARGET, identity=identity)
     staged = stage_interval(
         warehouse, target=TARGET, contract=CONTRACT, identity=identity, fetch_pages=source

@@ -110,21 +110,22 @@ class _WaitRetryAfterOrBackoff(tenacity.wait.wait_base):
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How one request is retried: attempts, full-jitter backoff, total time budget, Retry-After cap.
+    """How one request is retried: a total time budget, full-jitter backoff, Retry-After cap.
 
     The n-th retry waits a random time in [0, min(backoff_max, backoff_initial * 2**(n-1))] (AWS "full
     jitter"), unless the server sent Retry-After. No retry starts once `max_total_seconds` since the
-    first attempt would be exceeded.
+    first attempt would be exceeded: the budget, not a count, decides, so an outage shorter than the
+    budget is ridden out inside one Airflow try. `max_attempts` (None: no cap) also bounds the count.
     """
 
-    max_attempts: int = 5
+    max_attempts: int | None = None
     backoff_initial: float = 1.0
-    backoff_max: float = 60.0
+    backoff_max: float = 30.0
     max_total_seconds: float = 300.0
     retry_after_max: float = 120.0
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1:
+        if self.max_attempts is not None and self.max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")
         for name in ("backoff_initial", "backoff_max", "max_total_seconds", "retry_after_max"):
             if getattr(self, name) < 0:
@@ -155,9 +156,14 @@ class RetryPolicy:
                 tenacity.wait_random_exponential(multiplier=self.backoff_initial, max=self.backoff_max),
                 self.retry_after_max,
             ),
-            stop=tenacity.stop_after_attempt(self.max_attempts)
-            | tenacity.stop_before_delay(self.max_total_seconds),
+            stop=self._stop(),
             before_sleep=on_retry,
             retry_error_callback=give_up,
         )
         return retrying(attempt)
+
+    def _stop(self) -> tenacity.stop.stop_base:
+        within_budget = tenacity.stop_before_delay(self.max_total_seconds)
+        if self.max_attempts is None:
+            return within_budget
+        return within_budget | tenacity.stop_after_attempt(self.max_attempts)

@@ -4,23 +4,98 @@ Each operator resolves the interval the run owns and the dry-run flag from the c
 hooks, and calls the plain functions of batchkit.sync, which hold every guarantee (checkpoints,
 quarantine, reconciliation, one-transaction merge). The checkpoint is keyed by `sync_key`, shared by
 the three tasks of one sync, so the merge task finds what the staging task wrote.
+
+All three get the sync's `IntervalSource`: the staging task fetches from it, and verify and merge
+fetch from it again only when they find the staging lost (a Postgres crash restart empties it), so
+clearing any one task recovers the interval. What the core raises becomes Airflow's outcome in one
+place, `airflow_outcome`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowRescheduleException, AirflowSkipException
 
 from batchkit.checkpoints import RunIdentity
 from batchkit.contracts import RecordContract
 from batchkit.dag_factory import dry_run_requested
+from batchkit.errors import DataRejectedError, IntervalBusyError
 from batchkit.extract.pagination import Pagination
+from batchkit.extract.retry import RetryPolicy
 from batchkit.intervals import task_interval
 from batchkit.load.postgres import TargetSpec
+from batchkit.observability import get_logger
 from batchkit.sync import SyncResult, merge_interval, stage_interval, verify_interval
+
+# When a run that found its interval busy asks the scheduler to run it again.
+RESCHEDULE_BUSY_AFTER = timedelta(seconds=30)
+
+log = get_logger(__name__)
+
+
+@contextmanager
+def airflow_outcome(identity: RunIdentity) -> Iterator[None]:
+    """Translate the core's errors (batchkit.errors) into what Airflow should do about them."""
+    try:
+        yield
+    except DataRejectedError as error:
+        raise AirflowFailException(str(error)) from error
+    except IntervalBusyError as error:
+        when = datetime.now(UTC) + RESCHEDULE_BUSY_AFTER
+        log.info("sync_rescheduled_interval_busy", interval=identity.interval.label(), until=when.isoformat())
+        raise AirflowRescheduleException(reschedule_date=when) from error
+
+
+@dataclass(frozen=True)
+class IntervalSource:
+    """Where a sync's records come from: one paged REST endpoint, filtered to the run's interval."""
+
+    http_conn_id: str
+    endpoint: str
+    pagination: Pagination
+    contract: RecordContract
+    interval_params: tuple[str, str] = ("updated_since", "updated_before")
+    # Not `params`: BaseOperator takes that name for the DAG's run params (dry_run, ...).
+    query_params: Mapping[str, Any] = field(default_factory=dict)
+    retry_policy: RetryPolicy | None = None
+
+    def stage(
+        self,
+        conn: psycopg.Connection,
+        *,
+        target: TargetSpec,
+        identity: RunIdentity,
+        max_quarantine_ratio: float,
+        dry_run: bool = False,
+    ) -> SyncResult:
+        """Fetch the interval page by page into staging (resuming a checkpoint); see stage_interval."""
+        from batchkit.hooks.rest_api import RestApiHook
+
+        since, before = self.interval_params
+        query = {
+            **self.query_params,
+            since: identity.interval.start.isoformat(),
+            before: identity.interval.end.isoformat(),
+        }
+        with RestApiHook(http_conn_id=self.http_conn_id, retry_policy=self.retry_policy) as api:
+            return stage_interval(
+                conn,
+                target=target,
+                contract=self.contract,
+                identity=identity,
+                fetch_pages=lambda state, _done: api.iter_pages(
+                    self.endpoint, pagination=self.pagination, params=query, resume_from=state
+                ),
+                dry_run=dry_run,
+                max_quarantine_ratio=max_quarantine_ratio,
+            )
 
 
 class _IntervalSyncOperator(BaseOperator):
@@ -29,6 +104,7 @@ class _IntervalSyncOperator(BaseOperator):
     def __init__(
         self,
         *,
+        source: IntervalSource,
         target: TargetSpec,
         sync_key: str,
         warehouse_conn_id: str = "warehouse",
@@ -36,6 +112,7 @@ class _IntervalSyncOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.source = source
         self.target = target
         self.sync_key = sync_key
         self.warehouse_conn_id = warehouse_conn_id
@@ -61,47 +138,15 @@ class StageIntervalOperator(_IntervalSyncOperator):
     Resumes after the last committed page on retry; in dry-run it validates and writes nothing.
     """
 
-    def __init__(
-        self,
-        *,
-        http_conn_id: str,
-        endpoint: str,
-        pagination: Pagination,
-        contract: RecordContract,
-        interval_params: tuple[str, str] = ("updated_since", "updated_before"),
-        # Not `params`: BaseOperator takes that name for the DAG's run params (dry_run, ...).
-        query_params: Mapping[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.http_conn_id = http_conn_id
-        self.endpoint = endpoint
-        self.pagination = pagination
-        self.contract = contract
-        self.interval_params = interval_params
-        self.query_params = dict(query_params or {})
-
     def execute(self, context: Any) -> dict[str, Any]:
-        from batchkit.hooks.rest_api import RestApiHook
-
         identity = self.identity(context)
-        since, before = self.interval_params
-        query = {
-            **self.query_params,
-            since: identity.interval.start.isoformat(),
-            before: identity.interval.end.isoformat(),
-        }
-        with RestApiHook(http_conn_id=self.http_conn_id) as api, self.warehouse() as conn:
-            result = stage_interval(
+        with airflow_outcome(identity), self.warehouse() as conn:
+            result = self.source.stage(
                 conn,
                 target=self.target,
-                contract=self.contract,
                 identity=identity,
-                fetch_pages=lambda state, _done: api.iter_pages(
-                    self.endpoint, pagination=self.pagination, params=query, resume_from=state
-                ),
-                dry_run=dry_run_requested(context),
                 max_quarantine_ratio=self.max_quarantine_ratio,
+                dry_run=dry_run_requested(context),
             )
         return summary(result, identity)
 
@@ -115,9 +160,18 @@ class VerifyIntervalOperator(_IntervalSyncOperator):
         if dry_run_requested(context):
             raise AirflowSkipException("dry run: the staging step validated and wrote nothing")
         identity = self.identity(context)
-        with self.warehouse() as conn:
+        with airflow_outcome(identity), self.warehouse() as conn:
             result = self.step(
-                conn, target=self.target, identity=identity, max_quarantine_ratio=self.max_quarantine_ratio
+                conn,
+                target=self.target,
+                identity=identity,
+                max_quarantine_ratio=self.max_quarantine_ratio,
+                restage=lambda: self.source.stage(
+                    conn,
+                    target=self.target,
+                    identity=identity,
+                    max_quarantine_ratio=self.max_quarantine_ratio,
+                ),
             )
         return summary(result, identity)
 
