@@ -146,13 +146,17 @@ A manual run without a logical date loads the last complete interval before it w
 intervals: each reload replaces the interval's data, it never appends.
 
 ## How to rerun
-Clear the failed task *with downstream* (`make clear-failed DAG={spec.dag_id}`). `extract_stage`
-resumes after its last committed page; `merge` is one transaction, so a failed merge left nothing
-half-written, and a merge that already succeeded is not repeated.
+Clear the failed task *with downstream* (`make clear-failed DAG={spec.dag_id}`), whichever it is.
+`extract_stage` resumes after its last committed page; `verify_quarantine` and `merge` fetch the
+interval again themselves if its staging was lost (a Postgres crash restart empties it); `merge` is one
+transaction, so a failed merge left nothing half-written, and a merge that already succeeded is not
+repeated. A backfill may run beside the scheduled runs: a run waits for another run of the same
+interval, and a merge never replaces a row with an older version of it.
 
 ## Alerts
 - `task_failed`: a task failed its last retry (one alert per task per hour). Transient HTTP errors were
-  already retried with backoff inside the task and by Airflow; this is persistent.
+  already retried with backoff inside each try (for up to {source.retry.budget_seconds:g} s) and by
+  Airflow; this is persistent.
 - `deadline_missed`: the run was not done {spec.deadline_minutes} min after it was queued.
 
 ## Runbook
