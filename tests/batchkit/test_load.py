@@ -235,14 +235,19 @@ def test_staging_is_unlogged_created_on_first_page_and_dropped_by_the_merge(
     assert staging_row_count(orders, staging) is None
 
 
-def test_a_row_that_does_not_fit_the_columns_names_its_position(orders: psycopg.Connection) -> None:
+def test_a_row_that_does_not_fit_the_columns_names_its_position_but_not_its_values(
+    orders: psycopg.Connection,
+) -> None:
     staging = prepare_staging(orders, ORDERS, "bad-row")
-    bad = (3, 103, DAY[0], DAY[0], 1.5, "paid")  # a float for a numeric column
+    bad = (3, 103, DAY[0], DAY[0], 1.5, "jane.doe@example.com")  # a float for a numeric column
     with (
-        pytest.raises(ValueError, match=r"row 2 for sales\.orders does not fit columns"),
+        pytest.raises(ValueError, match=r"row 2 for sales\.orders does not fit columns") as raised,
         orders.transaction(),
     ):
         stage_rows(orders, staging, [order_row(1), bad])
+    assert "value types: int, int, datetime, datetime, float, str" in str(raised.value)
+    assert "jane.doe" not in str(raised.value)
+    assert raised.value.__cause__ is None
     assert staging_row_count(orders, staging) is None
 
 

@@ -45,6 +45,7 @@ from batchkit.load.identifiers import checked_columns, checked_identifier, ident
 from batchkit.sql_files import apply_sql_file
 
 STAGING_SCHEMA = "batch_meta"
+ERROR_EXCERPT_CHARS = 200
 STAGING_SEQUENCE_COLUMN = "_batch_seq"
 # "stg_" + 40 + "_" + 16 hex digits stays within Postgres' 63-character identifiers.
 _STAGING_TABLE_PREFIX_CHARS = 40
@@ -176,10 +177,13 @@ def stage_rows(conn: psycopg.Connection, staging: Staging, rows: Iterable[Sequen
             try:
                 write_row(row)
             except (TypeError, ValueError, psycopg.DataError) as exc:
+                # The value types, never the values: this text reaches task logs and alerts, and a
+                # record can hold personal data.
+                value_types = ", ".join(type(value).__name__ for value in row)
                 raise ValueError(
                     f"row {staged} for {staging.target.table} does not fit columns "
-                    f"{staging.target.columns}: {exc} (row: {row!r})"
-                ) from exc
+                    f"{staging.target.columns}: {str(exc)[:ERROR_EXCERPT_CHARS]} (value types: {value_types})"
+                ) from None
     return staged
 
 
