@@ -18,7 +18,10 @@ def airflow_env(
     api_port: int = 8080,
     extra: dict[str, str] | None = None,
 ) -> dict[str, str]:
-    """Dev settings: examples off, a short DAG refresh, parallelism sized for a laptop, auth on."""
+    """Dev settings: examples off, a short DAG refresh, parallelism sized for a laptop, auth on.
+
+    A 30 s task heartbeat timeout makes a killed task supervisor's task fail (and retry) within 40 s.
+    """
     env = {
         **os.environ,
         "AIRFLOW_HOME": str(airflow_home),
@@ -35,6 +38,12 @@ def airflow_env(
         "AIRFLOW__API__BASE_URL": f"http://localhost:{api_port}",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://localhost:{api_port}/execution/",
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(airflow_home / "logs"),
+        # A task whose supervisor was killed is failed (and retried) once its heartbeat is this old;
+        # the 300 s default leaves it `running` for five minutes. Supervisors heartbeat every 5 s
+        # ([workers] min_heartbeat_interval), so 30 s tolerates several missed beats.
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
+        # How often the scheduler looks for such tasks: detection takes at most timeout + interval.
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "10",
         # config/ holds airflow_local_settings.py (cluster policies); the repo root makes `include`
         # (record contracts) importable, as PYTHONPATH=/opt/airflow does in docker-compose.yaml.
         "PYTHONPATH": os.pathsep.join(

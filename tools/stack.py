@@ -1,10 +1,12 @@
-"""The local Airflow stack behind `make run` / `make stop`, also used by the end-to-end tests.
+"""The local Airflow stack behind `make run` / `make stop` / `make status`, also used by the e2e tests.
 
 `run` picks the metadata database (AIRFLOW__DATABASE__SQL_ALCHEMY_CONN, else an embedded Postgres in
 .local/pgdata), migrates it, applies airflow_settings.yaml, starts the api-server, scheduler,
 dag-processor and triggerer (LocalExecutor) plus the demo upstream, waits until
-/api/v2/monitor/health reports every component healthy, then supervises them in the foreground.
-Ctrl-C or `stop` ends every process it started; data in .local/ survives a restart.
+/api/v2/monitor/health reports every component healthy, then supervises them in the foreground like a
+service manager: a component that exits is restarted with exponential backoff once Postgres accepts
+connections. Only Ctrl-C or `stop` end the stack; data in .local/ survives a restart. `status` reports
+each component (pid, uptime, restarts, last exit code) from the status file the supervisor keeps.
 """
 
 from __future__ import annotations
@@ -17,12 +19,18 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
+import traceback
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+
+import psutil
+import psycopg
 
 from tools.airflow_env import ADMIN_USER, airflow_env
 from tools.metadb import LOCAL_DIR, REPO_ROOT, EmbeddedPostgres, PgServer, ensure_database
@@ -31,6 +39,9 @@ AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 HEALTH_KEYS = ("metadatabase", "scheduler", "triggerer", "dag_processor")
 RUN_DIR = LOCAL_DIR / "run"
 SUPERVISOR_PID = RUN_DIR / "stack.pid"
+RUN_STATUS_FILE = RUN_DIR / "status.json"
+# Seconds between supervision passes: how late an exit is noticed.
+SUPERVISE_INTERVAL = 1.0
 GENERATED_ENV = LOCAL_DIR / "generated.env"
 # Secrets the stack needs that a fresh laptop does not have: generated once, kept in .local (0600).
 GENERATED_SECRETS = ("DEMO_API_TOKEN",)
@@ -42,17 +53,75 @@ class StackError(RuntimeError):
     pass
 
 
+@dataclass(frozen=True)
+class RestartPolicy:
+    """How long to wait before restarting a component that exited: doubling delays, as systemd does.
+
+    The n-th exit in a row waits `first_delay * 2**(n-1)`, at most `max_delay`. A component that stayed up
+    `stable_after` seconds counts as healthy again, so its next exit waits `first_delay` once more.
+    """
+
+    first_delay: float = 1.0
+    max_delay: float = 30.0
+    stable_after: float = 60.0
+
+    def delay(self, consecutive_exits: int) -> float:
+        return min(self.max_delay, self.first_delay * 2 ** (consecutive_exits - 1))
+
+
 @dataclass
 class Process:
+    """One supervised component: the running incarnation (`popen`) and its restart history."""
+
     name: str
     argv: list[str]
     log_path: Path
-    popen: subprocess.Popen[bytes] | None = None
+    popen: subprocess.Popen[bytes] | None = None  # the current incarnation; its pid is its session id
+    started_at: float | None = None  # wall clock, for the status file
+    started_monotonic: float = 0.0  # for the uptime that decides the backoff
+    restarts: int = 0
+    last_exit_code: int | None = None  # negative: killed by that signal
+    last_restart_at: float | None = None  # wall clock
+    consecutive_exits: int = 0  # exits without a stable run in between: the backoff exponent
+    restart_due: float | None = None  # time.monotonic() at which the exited component starts again
+
+    @property
+    def running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def status(self) -> dict:
+        return {
+            "pid": self.popen.pid if self.popen else None,
+            "state": "up" if self.running else "down",
+            "started_at": _iso(self.started_at),
+            "restarts": self.restarts,
+            "last_exit_code": self.last_exit_code,
+            "last_restart_at": _iso(self.last_restart_at),
+        }
 
 
 @dataclass
 class AirflowStack:
-    """A set of Airflow component processes sharing one AIRFLOW_HOME and metadata database."""
+    """A set of Airflow component processes sharing one AIRFLOW_HOME and metadata database.
+
+    Each component runs in a session of its own; `stop()` ends every process of those sessions.
+
+    Supervision (what `make run` does, and what tests get with `start(supervise=True)`): a component
+    that exits, whatever its exit code, is restarted after a backoff (`restart_policy`), once Postgres
+    accepts connections again (waiting at most `database_wait` seconds, then restarting anyway so the
+    component's own log shows why it cannot start). A background thread checks every second;
+    without it, call `supervise_once()` yourself. `stop()` ends the thread before the components, so no
+    restart races the stop.
+
+    Restart history, for tests and chaos experiments:
+        stack.restart_counts()                      -> {"scheduler": 1, "api-server": 0, ...}
+        stack.process("scheduler").restarts         -> 1
+        stack.process("scheduler").last_exit_code   -> -9 (negative: killed by that signal)
+        stack.process("scheduler").last_restart_at  -> wall-clock time of the last restart
+        stack.process("scheduler").popen.pid        -> the current incarnation (= its session and group id)
+    The same lands in `status_file` (JSON, rewritten atomically on every start, exit and restart),
+    which `python -m tools.stack status --status-file ...` reports.
+    """
 
     airflow_home: Path
     sql_alchemy_conn: str
@@ -60,8 +129,17 @@ class AirflowStack:
     api_port: int = 8080
     extra_env: Mapping[str, str] = field(default_factory=dict)
     extra_processes: Mapping[str, list[str]] = field(default_factory=dict)
+    # The `airflow <component>` commands to run; () leaves only `extra_processes`.
+    components: tuple[str, ...] = AIRFLOW_COMPONENTS
     log_dir: Path | None = None
+    status_path: Path | None = None  # default: `stack-status.json` in airflow_home
+    restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
+    # Longest wait for Postgres before a (re)start: then start fails, and a restart goes ahead anyway.
+    database_wait: float = 120.0
     processes: list[Process] = field(default_factory=list)
+    _supervisor: threading.Thread | None = field(default=None, init=False, repr=False)
+    _stop_supervising: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
+    _database_down_since: float | None = field(default=None, init=False, repr=False)
 
     @property
     def env(self) -> dict[str, str]:
@@ -81,6 +159,14 @@ class AirflowStack:
     def logs(self) -> Path:
         return self.log_dir or self.airflow_home / "component-logs"
 
+    @property
+    def status_file(self) -> Path:
+        return self.status_path or self.airflow_home / "stack-status.json"
+
+    @property
+    def supervised(self) -> bool:
+        return self._supervisor is not None
+
     def airflow(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         """Run an `airflow` CLI command in this stack's environment, failing loudly with its output."""
         result = subprocess.run(
@@ -98,6 +184,7 @@ class AirflowStack:
 
     def prepare(self, settings_file: Path | None = REPO_ROOT / "airflow_settings.yaml") -> None:
         self.airflow_home.mkdir(parents=True, exist_ok=True)
+        self.wait_for_database()
         self.airflow("db", "migrate")
         if settings_file is not None:
             result = subprocess.run(
@@ -110,27 +197,172 @@ class AirflowStack:
             if result.returncode != 0:
                 raise StackError(f"applying {settings_file.name} failed:\n{result.stdout}{result.stderr}")
 
-    def start(self) -> None:
+    def database_accepts_connections(self) -> bool:
+        server, database = PgServer.from_url(self.sql_alchemy_conn)
+        try:
+            with psycopg.connect(server.conninfo(database), connect_timeout=2) as conn:
+                conn.execute("SELECT 1")
+        except psycopg.OperationalError:
+            return False
+        return True
+
+    def wait_for_database(self) -> None:
+        """Return once Postgres accepts connections (it may be starting or in crash recovery)."""
+        deadline = time.monotonic() + self.database_wait
+        if self.database_accepts_connections():
+            return
+        _announce(f"waiting up to {self.database_wait:.0f}s for Postgres to accept connections ...")
+        while time.monotonic() < deadline:
+            time.sleep(1)
+            if self.database_accepts_connections():
+                _announce("Postgres accepts connections.")
+                return
+        raise StackError(f"Postgres did not accept connections within {self.database_wait:.0f}s")
+
+    def start(self, *, supervise: bool = False) -> None:
+        """Start every component; with `supervise`, a background thread restarts those that exit."""
         self.logs.mkdir(parents=True, exist_ok=True)
-        argvs = {c: [sys.executable, "-m", "airflow", c] for c in AIRFLOW_COMPONENTS}
-        argvs["api-server"] += ["--port", str(self.api_port)]
+        self.wait_for_database()
+        argvs = {c: [sys.executable, "-m", "airflow", c] for c in self.components}
+        if "api-server" in argvs:
+            argvs["api-server"] += ["--port", str(self.api_port)]
         argvs.update(self.extra_processes)
         env = self.env
         for name, argv in argvs.items():
             proc = Process(name, argv, self.logs / f"{name}.log")
-            with proc.log_path.open("ab") as log:
-                # A session of its own, so stopping the stack also stops the component's children
-                # (gunicorn/uvicorn workers, LocalExecutor workers, task supervisors).
-                proc.popen = subprocess.Popen(
-                    argv, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-                )
+            self._launch(proc, env)
             self.processes.append(proc)
+        self._write_status()
+        if supervise:
+            self._stop_supervising.clear()
+            self._supervisor = threading.Thread(
+                target=self._supervise_forever, name="stack-supervisor", daemon=True
+            )
+            self._supervisor.start()
+
+    def _launch(self, proc: Process, env: Mapping[str, str]) -> None:
+        with proc.log_path.open("ab") as log:
+            # A session of its own, so stopping the component also reaches its children (gunicorn/uvicorn
+            # workers, LocalExecutor workers, task supervisors and the task processes they put in process
+            # groups of their own).
+            proc.popen = subprocess.Popen(
+                proc.argv,
+                env=env,
+                cwd=REPO_ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        proc.started_at = time.time()
+        proc.started_monotonic = time.monotonic()
+
+    def _supervise_forever(self) -> None:
+        while not self._stop_supervising.wait(SUPERVISE_INTERVAL):
+            try:
+                self.supervise_once()
+            except Exception:
+                # The supervisor must outlive a failed pass (a full disk, a Popen error): the next pass
+                # tries again, and the traceback says what went wrong.
+                _announce(f"supervisor pass failed:\n{traceback.format_exc()}")
+
+    def supervise_once(self) -> None:
+        """One supervision pass: note components that exited, and restart those whose backoff is over."""
+        now = time.monotonic()
+        changed = False
+        for proc in self.processes:
+            if proc.popen is None or proc.running or proc.restart_due is not None:
+                continue
+            self._schedule_restart(proc, now)
+            changed = True
+        due = [p for p in self.processes if p.restart_due is not None and p.restart_due <= now]
+        if due and self._database_still_down([p.name for p in due], now):
+            due = []
+        if due:
+            env = self.env
+            for proc in due:
+                self._restart(proc, env)
+            changed = True
+        if changed:
+            self._write_status()
+
+    def _schedule_restart(self, proc: Process, now: float) -> None:
+        assert proc.popen is not None
+        uptime = now - proc.started_monotonic
+        if uptime >= self.restart_policy.stable_after:
+            proc.consecutive_exits = 0
+        proc.consecutive_exits += 1
+        proc.last_exit_code = proc.popen.returncode
+        delay = self.restart_policy.delay(proc.consecutive_exits)
+        proc.restart_due = now + delay
+        self._record(
+            proc,
+            f"{proc.name} (pid {proc.popen.pid}) exited with code {proc.last_exit_code} after {uptime:.0f}s; "
+            f"restarting in {delay:g}s",
+        )
+        # What the component left behind (task supervisors, executor workers) gets a chance to end
+        # cleanly until the restart, which kills the rest: an orphan must not run beside its successor.
+        _signal_session(proc.popen.pid, signal.SIGTERM)
+
+    def _database_still_down(self, waiting: list[str], now: float) -> bool:
+        """True while Postgres refuses connections and the bounded wait for it is not over."""
+        if self.database_accepts_connections():
+            if self._database_down_since is not None:
+                _announce("Postgres accepts connections again.")
+                self._database_down_since = None
+            return False
+        if self._database_down_since is None:
+            self._database_down_since = now
+            _announce(
+                f"Postgres does not accept connections; waiting up to {self.database_wait:.0f}s "
+                f"before restarting {', '.join(waiting)}"
+            )
+        if now - self._database_down_since < self.database_wait:
+            return True
+        _announce(
+            f"Postgres still down after {self.database_wait:.0f}s; restarting {', '.join(waiting)} anyway"
+        )
+        return False
+
+    def _restart(self, proc: Process, env: Mapping[str, str]) -> None:
+        assert proc.popen is not None
+        _end_session(proc.popen.pid)
+        proc.restarts += 1
+        proc.last_restart_at = time.time()
+        proc.restart_due = None
+        self._launch(proc, env)
+        self._record(proc, f"restarted {proc.name} (restart {proc.restarts}, new pid {proc.popen.pid})")
+
+    def _record(self, proc: Process, message: str) -> None:
+        """Print a supervision event and append it to the component's own log, where its crash is."""
+        _announce(message)
+        with proc.log_path.open("a") as log:
+            log.write(f"--- {_iso(time.time())} stack supervisor: {message}\n")
+
+    def _write_status(self) -> None:
+        status = {
+            "supervisor_pid": os.getpid(),
+            "api_url": self.api_url,
+            "written_at": _iso(time.time()),
+            "components": {p.name: p.status() for p in self.processes},
+        }
+        self.status_file.parent.mkdir(parents=True, exist_ok=True)
+        # Write-then-rename: `status` never reads a half-written file.
+        partial = self.status_file.with_name(f".{self.status_file.name}.{os.getpid()}.tmp")
+        partial.write_text(json.dumps(status, indent=2) + "\n")
+        os.replace(partial, self.status_file)
+
+    def process(self, name: str) -> Process:
+        return next(p for p in self.processes if p.name == name)
+
+    def restart_counts(self) -> dict[str, int]:
+        return {p.name: p.restarts for p in self.processes}
 
     def wait_healthy(self, timeout: float = 180) -> dict:
         deadline = time.monotonic() + timeout
         last: dict | str = "no answer yet"
         while time.monotonic() < deadline:
-            self._raise_if_exited()
+            if not self.supervised:
+                self._raise_if_exited()
             try:
                 with urllib.request.urlopen(f"{self.api_url}/api/v2/monitor/health", timeout=5) as resp:
                     last = json.load(resp)
@@ -141,11 +373,8 @@ class AirflowStack:
             time.sleep(1)
         raise StackError(f"stack not healthy after {timeout:.0f}s; last health: {last}\n{self.log_tails()}")
 
-    def exited(self) -> list[Process]:
-        return [p for p in self.processes if p.popen is not None and p.popen.poll() is not None]
-
     def _raise_if_exited(self) -> None:
-        dead = self.exited()
+        dead = [p for p in self.processes if p.popen is not None and not p.running]
         if dead:
             names = ", ".join(f"{p.name} (exit {p.popen.returncode})" for p in dead if p.popen)
             raise StackError(f"component(s) exited: {names}\n{self.log_tails()}")
@@ -159,8 +388,13 @@ class AirflowStack:
         return "\n".join(parts)
 
     def stop(self, grace: float = 20) -> None:
+        """Stop supervising, then every component: SIGTERM, SIGKILL after `grace`, then their sessions."""
+        if self._supervisor is not None:
+            self._stop_supervising.set()
+            self._supervisor.join()
+            self._supervisor = None
         for proc in self.processes:
-            if proc.popen is not None and proc.popen.poll() is None:
+            if proc.running:
                 _signal_group(proc.popen.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
         for proc in self.processes:
@@ -171,17 +405,64 @@ class AirflowStack:
             except subprocess.TimeoutExpired:
                 _signal_group(proc.popen.pid, signal.SIGKILL)
                 proc.popen.wait()
-            # Children that outlived their parent (task supervisors) still belong to the group.
-            _signal_group(proc.popen.pid, signal.SIGKILL)
+            # Children that outlived their parent (task supervisors, task processes in groups of their
+            # own) are still in the component's session.
+            _end_session(proc.popen.pid)
+        self._write_status()
 
     def admin_password(self) -> str:
         passwords = self.airflow_home / "simple_auth_manager_passwords.json.generated"
         return json.loads(passwords.read_text())[ADMIN_USER]
 
 
+def session_processes(session_id: int) -> list[psutil.Process]:
+    """Live (not zombie) processes of a session; a component's session id is its first pid."""
+    members = []
+    for candidate in psutil.process_iter(["status"]):
+        with contextlib.suppress(ProcessLookupError, PermissionError, psutil.Error):
+            if os.getsid(candidate.pid) == session_id and candidate.info["status"] != psutil.STATUS_ZOMBIE:
+                members.append(candidate)
+    return members
+
+
+def _signal_session(session_id: int, sig: signal.Signals) -> None:
+    for member in session_processes(session_id):
+        with contextlib.suppress(psutil.Error):
+            member.send_signal(sig)
+
+
+def _end_session(session_id: int, timeout: float = 10) -> None:
+    """SIGKILL every process left in a session and wait until none is alive."""
+    deadline = time.monotonic() + timeout
+    while (members := session_processes(session_id)) and time.monotonic() < deadline:
+        for member in members:
+            with contextlib.suppress(psutil.Error):
+                member.kill()
+        psutil.wait_procs(members, timeout=1)
+
+
+def _stop_sessions(session_ids: list[int], grace: float = 20) -> None:
+    """SIGTERM every process of the sessions, then SIGKILL what is left after `grace`."""
+    for session_id in session_ids:
+        _signal_session(session_id, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while any(session_processes(s) for s in session_ids) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for session_id in session_ids:
+        _end_session(session_id)
+
+
 def _signal_group(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
+
+
+def _announce(message: str) -> None:
+    print(f"[{datetime.now().astimezone():%H:%M:%S}] {message}", flush=True)
+
+
+def _iso(timestamp: float | None) -> str | None:
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
 
 
 def load_env_files() -> None:
@@ -268,7 +549,7 @@ def demo_upstream_argv(port: int) -> list[str]:
 
 def run() -> int:
     load_env_files()
-    if SUPERVISOR_PID.exists() and _pid_alive(int(SUPERVISOR_PID.read_text())):
+    if SUPERVISOR_PID.exists() and _pid_running(int(SUPERVISOR_PID.read_text())):
         raise StackError(
             f"a stack is already running (pid {SUPERVISOR_PID.read_text().strip()}); `make stop` first"
         )
@@ -288,6 +569,7 @@ def run() -> int:
         extra_env=extra_env,
         extra_processes={"demo-upstream": demo_upstream_argv(demo_port)},
         log_dir=LOCAL_DIR / "logs",
+        status_path=RUN_STATUS_FILE,
     )
     stopping = False
 
@@ -304,7 +586,7 @@ def run() -> int:
         print("migrating the metadata DB and applying airflow_settings.yaml ...", flush=True)
         stack.prepare()
         print(f"starting {', '.join(AIRFLOW_COMPONENTS)} and demo-upstream; logs in {stack.logs}", flush=True)
-        stack.start()
+        stack.start(supervise=True)
         stack.wait_healthy()
         print(
             f"\nAirflow is up in {time.monotonic() - t0:.0f}s.\n"
@@ -313,17 +595,11 @@ def run() -> int:
             f"            (password file: {stack.airflow_home / 'simple_auth_manager_passwords.json.generated'})\n"
             f"  demo API: http://127.0.0.1:{demo_port}\n"
             f"  logs:     {stack.logs}  (task logs: {stack.airflow_home / 'logs'})\n"
+            "A component that exits is restarted (printed here and in its log); `make status` shows them.\n"
             "Ctrl-C or `make stop` stops everything.",
             flush=True,
         )
         while not stopping:
-            dead = stack.exited()
-            if dead:
-                print(
-                    f"component exited unexpectedly: {[p.name for p in dead]}\n{stack.log_tails()}",
-                    flush=True,
-                )
-                return 1
             time.sleep(1)
         return 0
     finally:
@@ -331,6 +607,7 @@ def run() -> int:
         stack.stop()
         if embedded is not None:
             embedded.stop()
+        RUN_STATUS_FILE.unlink(missing_ok=True)
         SUPERVISOR_PID.unlink(missing_ok=True)
         print("stopped.", flush=True)
 
@@ -340,40 +617,103 @@ def stop(timeout: float = 60) -> int:
         print("no stack is running.")
         return 0
     pid = int(SUPERVISOR_PID.read_text())
-    if not _pid_alive(pid):
-        # The supervisor died without cleaning up (kill -9): stop what it may have left behind.
-        SUPERVISOR_PID.unlink()
-        embedded = EmbeddedPostgres(LOCAL_DIR / "pgdata")
-        if embedded.is_running():
-            embedded.stop()
-        print(f"supervisor {pid} was gone; cleaned up.")
-        return 0
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while _pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    if _pid_alive(pid):
-        print(f"stack supervisor {pid} did not stop within {timeout:.0f}s", file=sys.stderr)
-        return 1
-    print("stack stopped.")
+    if _pid_running(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _pid_running(pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if _pid_running(pid):
+            print(f"stack supervisor {pid} did not stop within {timeout:.0f}s", file=sys.stderr)
+            return 1
+        if not SUPERVISOR_PID.exists():  # the supervisor stopped everything and cleaned up
+            print("stack stopped.")
+            return 0
+    # The supervisor died without cleaning up (kill -9): its components run on, each in its session.
+    if RUN_STATUS_FILE.exists():
+        components = json.loads(RUN_STATUS_FILE.read_text())["components"].values()
+        _stop_sessions([c["pid"] for c in components if c["pid"] is not None])
+        RUN_STATUS_FILE.unlink()
+    embedded = EmbeddedPostgres(LOCAL_DIR / "pgdata")
+    if embedded.is_running():
+        embedded.stop()
+    SUPERVISOR_PID.unlink()
+    print(f"supervisor {pid} was gone; stopped what it left running.")
     return 0
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+def _pid_running(pid: int | None) -> bool:
+    """Alive and not a zombie: a killed process stays a zombie until its parent (maybe init) reaps it."""
+    if pid is None:
         return False
-    except PermissionError:
-        return True
-    return True
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def status(status_file: Path = RUN_STATUS_FILE) -> int:
+    """Print each component from the supervisor's status file: 0 all up, 1 any down, 2 no stack."""
+    if not status_file.exists():
+        print(f"no stack is running (no {status_file}).")
+        return 2
+    recorded = json.loads(status_file.read_text())
+    if not _pid_running(recorded["supervisor_pid"]):
+        print(
+            f"no stack is running: its supervisor (pid {recorded['supervisor_pid']}) is gone; "
+            "`make stop` ends what it may have left running."
+        )
+        return 2
+    now = time.time()
+    print(f"{'component':<15} {'pid':>7}  {'state':<5} {'uptime':>9} {'restarts':>8}  last exit")
+    all_up = True
+    for name, component in recorded["components"].items():
+        # The file is rewritten on every exit and restart; the pid check covers the second in between.
+        up = component["state"] == "up" and _pid_running(component["pid"])
+        all_up = all_up and up
+        started = component["started_at"]
+        uptime = _duration(now - datetime.fromisoformat(started).timestamp()) if up and started else "-"
+        last_exit = component["last_exit_code"]
+        print(
+            f"{name:<15} {component['pid'] or '-':>7}  {'up' if up else 'down':<5} {uptime:>9} "
+            f"{component['restarts']:>8}  {_describe_exit(last_exit)}"
+        )
+    print(f"health ({recorded['api_url']}/api/v2/monitor/health): {_health_summary(recorded['api_url'])}")
+    return 0 if all_up else 1
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "-"
+    if code < 0:
+        return f"{code} ({signal.Signals(-code).name})"
+    return str(code)
+
+
+def _health_summary(api_url: str) -> str:
+    try:
+        with urllib.request.urlopen(f"{api_url}/api/v2/monitor/health", timeout=5) as resp:
+            health = json.load(resp)
+    except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError) as exc:
+        return f"API not answering ({exc})"
+    return ", ".join(f"{key} {(health.get(key) or {}).get('status', 'unknown')}" for key in HEALTH_KEYS)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.stack", description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["run", "stop"])
+    parser.add_argument("command", choices=["run", "stop", "status"])
+    parser.add_argument(
+        "--status-file", type=Path, default=RUN_STATUS_FILE, help="for `status`: the stack to report on"
+    )
     args = parser.parse_args(argv)
     try:
+        if args.command == "status":
+            return status(args.status_file)
         return run() if args.command == "run" else stop()
     except StackError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -38,8 +38,14 @@ class StackStarter:
         self.started: list[tuple[AirflowStack, str]] = []
 
     def __call__(
-        self, dags_folder: Path, *, settings_file: Path | None = None, extra_env: dict | None = None
+        self,
+        dags_folder: Path,
+        *,
+        settings_file: Path | None = None,
+        extra_env: dict | None = None,
+        supervise: bool = False,
     ) -> tuple[AirflowStack, AirflowApi]:
+        """`supervise=True` restarts components that exit, as `make run` does (see AirflowStack)."""
         database = f"bk_e2e_meta_{free_port()}_{next(_counter)}"
         ensure_database(self.pg_server, database)
         stack = AirflowStack(
@@ -51,7 +57,7 @@ class StackStarter:
         )
         self.started.append((stack, database))
         stack.prepare(settings_file=settings_file)
-        stack.start()
+        stack.start(supervise=supervise)
         stack.wait_healthy()
         return stack, AirflowApi(stack.api_url, ADMIN_USER, stack.admin_password())
 
