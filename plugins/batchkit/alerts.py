@@ -3,8 +3,25 @@
 Both go out through the provider notifiers: HttpNotifier (JSON POST to the `alerts_webhook` connection)
 always, SmtpNotifier as well when the route names recipients. Task failures run `on_failure_callback`
 in the task's own process; deadline callbacks run in the triggerer (async, so this module lives in
-plugins/, importable there). Both pass through one gate, send_unless_recent: silences, a dedup window
-per (kind, dag_id, task_id), and a row in batch_meta.alert_log for every decision.
+plugins/, importable there).
+
+Every alert takes one path, send_logged, in this order:
+
+1. Gate, then send. When the warehouse answers (connect timeout WAREHOUSE_CONNECT_TIMEOUT_SECONDS),
+   gate_and_send decides under an advisory lock per (kind, dag_id, task_id): silenced, a duplicate
+   within the dedup window, or sent (send_unless_recent is its yes/no form). The send happens inside that transaction and the decision's row in
+   batch_meta.alert_log commits with it, so concurrent failures produce exactly one alert.
+2. Or fall back to sending without dedup. When the warehouse cannot be reached (or fails before the
+   send), the alert is sent anyway: nobody is told about an outage by an alert that waits for the
+   database. The task/triggerer log gets a warning `alert_sent_without_dedup` with the reason.
+3. Then record. After a fallback send, one best-effort attempt writes the `sent` row to alert_log, so
+   later alerts deduplicate against it once the warehouse is back; a failure to record is logged
+   (`alert_log_write_failed`), never raised.
+
+A callback never takes its host down: FailureAlert.notify and deadline_missed catch every error, log
+it with its traceback as `alert_callback_failed` (naming dag_id and run_id), and return normally.
+deadline_missed returns a short string, never a dict: Airflow stores an async callback's return value
+in a text column, and a dict there crashes the triggerer.
 
 Importing this module must stay cheap and I/O-free: every DAG file imports it through dag_factory at
 parse time, so provider hooks and notifiers are imported where they are used.
@@ -15,10 +32,11 @@ from __future__ import annotations
 import asyncio
 import html
 import json
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
 
 import psycopg
@@ -38,6 +56,14 @@ DEFAULT_WAREHOUSE_CONN_ID = "warehouse"
 DEDUP_MINUTES_VARIABLE = "batch_alert_dedup_minutes"
 DEFAULT_DEDUP_WINDOW = timedelta(minutes=60)
 HTTP_TIMEOUT_SECONDS = 10.0
+# How long an alert waits for the warehouse before it goes out without dedup. A connection's own
+# `connect_timeout` extra wins.
+WAREHOUSE_CONNECT_TIMEOUT_SECONDS = 5
+# deadline_missed's return value lands in a text column (callback.output): keep it a short string.
+MAX_CALLBACK_OUTPUT_CHARS = 200
+
+# What happened to one alert; the first three are also batch_meta.alert_log.outcome values.
+AlertOutcome = Literal["sent", "suppressed", "silenced", "sent_without_dedup"]
 
 log = get_logger(__name__)
 
@@ -191,14 +217,25 @@ def send_unless_recent(
     send: Callable[[], None],
 ) -> bool:
     """Call `send` unless the alert is silenced or one of the same (kind, dag_id, task_id) was sent
-    within `window`.
+    within `window`. Returns whether it sent; see gate_and_send."""
+    return gate_and_send(conn, payload, window=window, send=send) == "sent"
+
+
+def gate_and_send(
+    conn: psycopg.Connection,
+    payload: Mapping[str, Any],
+    *,
+    window: timedelta,
+    send: Callable[[], None],
+) -> AlertOutcome:
+    """The dedup/silence gate: call `send` unless silenced or a duplicate; returns the outcome.
 
     The decision and its log row commit together under an advisory lock per key, so concurrent
     failures (mapped tasks, parallel runs) produce one alert. If `send` raises, nothing is logged and
-    the next failure alerts again. Returns whether it sent.
+    the next failure alerts again.
     """
     ensure_alert_log(conn)
-    key = (payload["kind"], payload["dag_id"], payload.get("task_id") or "")
+    key = _dedup_key(payload)
     with conn.transaction():
         conn.execute(
             "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", ("batchkit:alert:" + ":".join(key),)
@@ -220,17 +257,25 @@ def send_unless_recent(
             """,
             (*key, window),
         ).fetchone()
-        outcome = "silenced" if silenced else "suppressed" if recent else "sent"
+        outcome: AlertOutcome = "silenced" if silenced else "suppressed" if recent else "sent"
         if outcome == "sent":
             send()
-        conn.execute(
-            """
-            INSERT INTO batch_meta.alert_log (kind, dag_id, task_id, run_id, outcome, payload, created_at)
-            VALUES (%s, %s, %s, %s, %s, %s, clock_timestamp())
-            """,
-            (*key, payload.get("run_id"), outcome, Jsonb(payload)),
-        )
-    return outcome == "sent"
+        _insert_alert_log_row(conn, payload, outcome)
+    return outcome
+
+
+def _dedup_key(payload: Mapping[str, Any]) -> tuple[str, str, str]:
+    return (payload["kind"], payload["dag_id"], payload.get("task_id") or "")
+
+
+def _insert_alert_log_row(conn: psycopg.Connection, payload: Mapping[str, Any], outcome: str) -> None:
+    conn.execute(
+        """
+        INSERT INTO batch_meta.alert_log (kind, dag_id, task_id, run_id, outcome, payload, created_at)
+        VALUES (%s, %s, %s, %s, %s, %s, clock_timestamp())
+        """,
+        (*_dedup_key(payload), payload.get("run_id"), outcome, Jsonb(dict(payload))),
+    )
 
 
 class FailureAlert(BaseNotifier):
@@ -254,15 +299,31 @@ class FailureAlert(BaseNotifier):
         self.dedup_window = dedup_window
 
     def notify(self, context: Context) -> None:
+        """Never raises: a failing alert is logged as `alert_callback_failed`, not a second task error."""
         ti = context["ti"]
-        if ti.state == TaskInstanceState.UP_FOR_RETRY:
-            log.info(
-                "alert_skipped_will_retry", dag_id=ti.dag_id, task_id=ti.task_id, try_number=ti.try_number
+        try:
+            if ti.state == TaskInstanceState.UP_FOR_RETRY:
+                log.info(
+                    "alert_skipped_will_retry",
+                    dag_id=ti.dag_id,
+                    task_id=ti.task_id,
+                    try_number=ti.try_number,
+                )
+                return
+            payload = task_failure_payload(context)
+            outcome = send_logged(
+                payload, self.route, self.warehouse_conn_id, dedup_window(self.dedup_window)
             )
-            return
-        payload = task_failure_payload(context)
-        sent = send_logged(payload, self.route, self.warehouse_conn_id, dedup_window(self.dedup_window))
-        log.info("failure_alert", sent=sent, dag_id=ti.dag_id, task_id=ti.task_id, run_id=ti.run_id)
+            log.info("failure_alert", outcome=outcome, dag_id=ti.dag_id, task_id=ti.task_id, run_id=ti.run_id)
+        except Exception as error:
+            log.exception(
+                "alert_callback_failed",
+                kind="task_failed",
+                dag_id=ti.dag_id,
+                task_id=ti.task_id,
+                run_id=ti.run_id,
+                error=_describe(error),
+            )
 
 
 def dedup_window(default: timedelta) -> timedelta:
@@ -273,14 +334,77 @@ def dedup_window(default: timedelta) -> timedelta:
     return default if minutes is None else timedelta(minutes=float(minutes))
 
 
-def send_logged(
-    payload: Mapping[str, Any], route: AlertRoute, warehouse_conn_id: str, window: timedelta
-) -> bool:
-    """Deliver unless silenced or a duplicate within `window`; the decision goes to batch_meta.alert_log."""
+def connect_warehouse(warehouse_conn_id: str) -> psycopg.Connection:
+    """A psycopg connection to the warehouse that gives up after WAREHOUSE_CONNECT_TIMEOUT_SECONDS."""
     from airflow.providers.postgres.hooks.postgres import PostgresHook
 
-    with PostgresHook(postgres_conn_id=warehouse_conn_id).get_conn() as conn:
-        return send_unless_recent(conn, payload, window=window, send=lambda: deliver(payload, route))
+    hook = PostgresHook(postgres_conn_id=warehouse_conn_id)
+    # PostgresHook passes a connection's extras to libpq; libpq's own default is to wait forever.
+    extra = hook.connection.extra_dejson
+    if "connect_timeout" not in extra:
+        hook.connection.extra = json.dumps({**extra, "connect_timeout": WAREHOUSE_CONNECT_TIMEOUT_SECONDS})
+    return hook.get_conn()
+
+
+@dataclass
+class _TrackedDelivery:
+    """`deliver` as a gate's `send`, remembering how far it got: a warehouse error before the send
+    means "send without dedup", after a successful send it only means the log row is missing."""
+
+    payload: Mapping[str, Any]
+    route: AlertRoute
+    state: Literal["not_attempted", "failed", "delivered"] = "not_attempted"
+
+    def __call__(self) -> None:
+        self.state = "failed"
+        deliver(self.payload, self.route)
+        self.state = "delivered"
+
+
+def send_logged(
+    payload: Mapping[str, Any], route: AlertRoute, warehouse_conn_id: str, window: timedelta
+) -> AlertOutcome:
+    """Deliver unless silenced or a duplicate within `window`, logging the decision in alert_log; if the
+    warehouse cannot be reached, deliver without dedup, then record it when possible (module docstring).
+
+    A delivery error (webhook or SMTP) is raised: sending again would fail the same way.
+    """
+    delivery = _TrackedDelivery(payload, route)
+    try:
+        with connect_warehouse(warehouse_conn_id) as conn:
+            return gate_and_send(conn, payload, window=window, send=delivery)
+    except Exception as error:
+        if delivery.state == "failed":
+            raise
+        if delivery.state == "delivered":
+            # The transaction holding the `sent` row rolled back: the next alert is not deduplicated.
+            log.warning("alert_log_write_failed", **_alert_fields(payload), error=_describe(error))
+            return "sent"
+        reason = _describe(error)
+    started = time.monotonic()
+    try:
+        deliver(payload, route)
+    except Exception as error:
+        error.add_note(f"sent without dedup because the warehouse was unavailable: {reason}")
+        raise
+    log.warning(
+        "alert_sent_without_dedup",
+        **_alert_fields(payload),
+        reason=f"warehouse {warehouse_conn_id!r} unavailable: {reason}",
+        delivery_seconds=round(time.monotonic() - started, 3),
+    )
+    _record_sent_best_effort(payload, warehouse_conn_id)
+    return "sent_without_dedup"
+
+
+def _record_sent_best_effort(payload: Mapping[str, Any], warehouse_conn_id: str) -> None:
+    """Write the `sent` row of an alert that bypassed the gate, so the next ones dedup against it."""
+    try:
+        with connect_warehouse(warehouse_conn_id) as conn:
+            ensure_alert_log(conn)
+            _insert_alert_log_row(conn, payload, "sent")
+    except Exception as error:
+        log.warning("alert_log_write_failed", **_alert_fields(payload), error=_describe(error))
 
 
 async def deadline_missed(
@@ -292,27 +416,63 @@ async def deadline_missed(
     smtp_conn_id: str | None = None,
     deadline_interval_seconds: float | None = None,
     warehouse_conn_id: str = DEFAULT_WAREHOUSE_CONN_ID,
-) -> dict[str, Any]:
+) -> str:
     """AsyncCallback for a DeadlineAlert; the triggerer calls it with the callback's kwargs + `context`.
 
     Airflow keeps a run's deadline until the run succeeds, so it also fires for a run that already
     FAILED: that run's task_failed alert has said everything, and this one is skipped. Otherwise it goes
-    through the same silences, per-DAG dedup window and alert log as task failures (in a worker thread:
-    the triggerer's event loop must not block on Postgres or HTTP). Returns the payload, which Airflow
-    keeps as the callback's result.
+    through send_logged like a task failure: silences, a per-DAG dedup window, the alert log, and the
+    warehouse-down fallback (in a worker thread: the triggerer's event loop must not block on Postgres
+    or HTTP).
+
+    Returns a short outcome ("sent", "suppressed", ..., "skipped: ...", "failed: ..."), which Airflow
+    stores as the callback's output in a text column: a dict there crashes the triggerer. Never raises.
     """
-    if context is None:
-        raise ValueError("deadline_missed needs the context Airflow passes to deadline callbacks")
-    payload = deadline_payload(context, deadline_interval_seconds=deadline_interval_seconds)
-    if payload.get("state") == "failed":
-        log.info("deadline_alert_skipped_run_failed", dag_id=payload["dag_id"], run_id=payload["run_id"])
-        return {**payload, "outcome": "skipped: the run already failed and alerted"}
-    route = AlertRoute(
-        http_conn_id=http_conn_id, endpoint=endpoint, email_to=tuple(email_to), smtp_conn_id=smtp_conn_id
-    )
-    sent = await asyncio.to_thread(send_logged, payload, route, warehouse_conn_id, DEFAULT_DEDUP_WINDOW)
-    log.info("deadline_alert", sent=sent, dag_id=payload["dag_id"], run_id=payload["run_id"])
-    return payload
+    try:
+        if context is None:
+            raise ValueError("deadline_missed needs the context Airflow passes to deadline callbacks")
+        payload = deadline_payload(context, deadline_interval_seconds=deadline_interval_seconds)
+        if payload.get("state") == "failed":
+            log.info("deadline_alert_skipped_run_failed", dag_id=payload["dag_id"], run_id=payload["run_id"])
+            return "skipped: the run already failed and alerted"
+        route = AlertRoute(
+            http_conn_id=http_conn_id, endpoint=endpoint, email_to=tuple(email_to), smtp_conn_id=smtp_conn_id
+        )
+        outcome = await asyncio.to_thread(
+            send_logged, payload, route, warehouse_conn_id, DEFAULT_DEDUP_WINDOW
+        )
+        log.info("deadline_alert", outcome=outcome, dag_id=payload["dag_id"], run_id=payload["run_id"])
+        return outcome
+    except Exception as error:
+        dag_run = _run_in(context)
+        log.exception(
+            "alert_callback_failed",
+            kind="deadline_missed",
+            dag_id=dag_run.get("dag_id"),
+            run_id=dag_run.get("dag_run_id"),
+            error=_describe(error),
+        )
+        return f"failed: {_describe(error)}"[:MAX_CALLBACK_OUTPUT_CHARS]
+
+
+def _alert_fields(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields that name an alert in log lines."""
+    return {
+        "kind": payload.get("kind"),
+        "dag_id": payload.get("dag_id"),
+        "task_id": payload.get("task_id"),
+        "run_id": payload.get("run_id"),
+    }
+
+
+def _run_in(context: Any) -> Mapping[str, Any]:
+    """The deadline context's dag_run, or {} when the context is too broken to name the run."""
+    dag_run = context.get("dag_run") if isinstance(context, Mapping) else None
+    return dag_run if isinstance(dag_run, Mapping) else {}
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}".strip()
 
 
 def _jsonable(value: Any) -> Any:

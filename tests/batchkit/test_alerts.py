@@ -4,12 +4,18 @@ The failure alert is exercised through dag.test(), which runs the task's retries
 the run finishes, re-scheduling an UP_FOR_RETRY task once its retry delay has passed) and calls the
 callbacks from the same task-runner finalize() a worker uses. The deadline callback is called here with
 the context shape the triggerer hands it; tests/e2e proves the scheduler and triggerer really fire it.
+
+"Warehouse down" is a real Postgres server (tools.metadb.EmbeddedPostgres in tmp_path) that the test
+stops and restarts, and "warehouse hung" a real socket that accepts connections and never answers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import socket
+import tempfile
 import threading
 import time
 import uuid
@@ -24,9 +30,17 @@ from urllib.parse import unquote
 import pendulum
 import psycopg
 import pytest
+import structlog
 from airflow.sdk import DAG
 
-from batchkit.alerts import AlertRoute, deadline_missed, send_unless_recent, silence
+from batchkit.alerts import (
+    WAREHOUSE_CONNECT_TIMEOUT_SECONDS,
+    AlertRoute,
+    deadline_missed,
+    send_unless_recent,
+    silence,
+)
+from tools.metadb import EmbeddedPostgres, PgServer, ensure_database
 
 RUNBOOK = "Fails on purpose.\n\n## Runbook\nNothing to do: this DAG exists for the test suite.\n"
 TAGS = ["domain:sales", "kind:sync", "tier:3"]
@@ -86,6 +100,7 @@ from datetime import timedelta
 
 import pendulum
 from airflow.sdk import CronDataIntervalTimetable, task
+from batchkit.alerts import FailureAlert
 from batchkit.dag_factory import standard_dag
 
 with standard_dag(
@@ -101,6 +116,7 @@ with standard_dag(
     retries=2,
     # Backoff has a 1 s floor plus jitter, so each retry waits 1-2 s.
     retry_delay=timedelta(seconds=0),
+    default_args_overrides={{"on_failure_callback": [FailureAlert(warehouse_conn_id={warehouse_conn_id!r})]}},
 ) as dag:
 
     @task
@@ -126,12 +142,16 @@ def dags_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
-def _failing_dag(dags_folder: Path, dag_id: str) -> DAG:
+def _failing_dag(dags_folder: Path, dag_id: str, *, warehouse_conn_id: str = "warehouse") -> DAG:
     """Write the DAG file and parse it the way the dag processor does."""
     from airflow.dag_processing.dagbag import DagBag
 
     path = dags_folder / f"{dag_id}.py"
-    path.write_text(FAILING_DAG_SOURCE.format(dag_id=dag_id, tags=TAGS, doc_md=RUNBOOK))
+    path.write_text(
+        FAILING_DAG_SOURCE.format(
+            dag_id=dag_id, tags=TAGS, doc_md=RUNBOOK, warehouse_conn_id=warehouse_conn_id
+        )
+    )
     bag = DagBag(dag_folder=path)
     assert not bag.import_errors, bag.import_errors
     return bag.dags[dag_id]
@@ -197,12 +217,14 @@ def test_failure_alert_fires_once_after_the_last_retry_and_dedups_the_next_run(
     assert log == [(first.run_id, "sent"), (second.run_id, "suppressed")]
 
 
-def _deadline_context(run_id: str, deadline_time: datetime) -> dict[str, Any]:
+def _deadline_context(
+    run_id: str, deadline_time: datetime, *, dag_id: str = "bk_nightly_export"
+) -> dict[str, Any]:
     """The context shape Deadline.handle_miss() builds: the run as DAGRunResponse JSON + the deadline."""
     return {
         "dag_run": {
             "dag_run_id": run_id,
-            "dag_id": "bk_nightly_export",
+            "dag_id": dag_id,
             "queued_at": "2026-03-01T03:00:04Z",
             "data_interval_start": "2026-02-28T03:00:00Z",
             "data_interval_end": "2026-03-01T03:00:00Z",
@@ -224,7 +246,8 @@ def test_deadline_callback_posts_the_shared_payload(webhook: Webhook) -> None:
 
     [alert] = webhook.wait_for(1)
     assert alert.path == "/alerts"
-    assert alert.body == returned
+    # Airflow stores the return value in a text column (callback.output): a dict crashes the triggerer.
+    assert returned == "sent"
     assert alert.body["kind"] == "deadline_missed"
     assert alert.body["dag_id"] == "bk_nightly_export"
     assert alert.body["run_id"] == "scheduled__2026-02-28T03:00:00+00:00"
@@ -267,5 +290,179 @@ def test_deadline_callback_skips_a_run_that_already_failed_and_alerted(webhook: 
 
     returned = asyncio.run(deadline_missed(context=context, **AlertRoute(endpoint="/alerts").as_kwargs()))
 
-    assert returned["outcome"].startswith("skipped")
+    assert isinstance(returned, str)
+    assert returned.startswith("skipped")
     assert webhook.wait_for(1, timeout=1) == []
+
+
+# --- the warehouse down or hung: alerts still go out, once --------------------------------------------
+
+THROWAWAY_WAREHOUSE_CONN_ID = "throwaway_warehouse"
+
+
+@dataclass
+class ThrowawayWarehouse:
+    """A Postgres server of the test's own, as Airflow connection `throwaway_warehouse`: stop it to
+    take the warehouse down, start it to bring it back (same socket, same data)."""
+
+    embedded: EmbeddedPostgres
+    server: PgServer
+    dbname: str = "warehouse"
+
+    def stop(self) -> None:
+        self.embedded.stop()
+        assert not self.embedded.is_running()
+
+    def start(self) -> None:
+        assert self.embedded.start() == self.server, "a restart must come back where the connection points"
+
+    def alert_log(self, dag_id: str) -> list[tuple[str, str]]:
+        with psycopg.connect(self.server.conninfo(self.dbname), autocommit=True) as conn:
+            return conn.execute(
+                "SELECT run_id, outcome FROM batch_meta.alert_log WHERE dag_id = %s ORDER BY id", (dag_id,)
+            ).fetchall()
+
+
+@pytest.fixture
+def throwaway_warehouse(monkeypatch: pytest.MonkeyPatch) -> Iterator[ThrowawayWarehouse]:
+    # Not under tmp_path: the server runs as another user, who must traverse the parent folders, and
+    # every pytest session start chmods /tmp/pytest-of-<user> back to 0700 (a concurrent session would
+    # lock this server's own pg_ctl out of its data directory).
+    data_root = Path(tempfile.mkdtemp(prefix="bk-alert-warehouse-"))
+    embedded = EmbeddedPostgres(data_root / "pgdata")
+    server = embedded.start()
+    try:
+        warehouse = ThrowawayWarehouse(embedded, server)
+        ensure_database(server, warehouse.dbname)
+        monkeypatch.setenv(
+            f"AIRFLOW_CONN_{THROWAWAY_WAREHOUSE_CONN_ID.upper()}",
+            server.airflow_connection_json(warehouse.dbname),
+        )
+        yield warehouse
+    finally:
+        embedded.stop()
+        shutil.rmtree(data_root, ignore_errors=True)
+
+
+def _events(logs: list[dict[str, Any]], event: str) -> list[dict[str, Any]]:
+    return [entry for entry in logs if entry["event"] == event]
+
+
+def _deadline_kwargs(warehouse_conn_id: str) -> dict[str, Any]:
+    return {**AlertRoute(endpoint="/alerts").as_kwargs(), "warehouse_conn_id": warehouse_conn_id}
+
+
+def test_deadline_alert_goes_out_while_the_warehouse_is_down_and_dedups_again_once_it_is_back(
+    webhook: Webhook, throwaway_warehouse: ThrowawayWarehouse
+) -> None:
+    dag_id = f"bk_wh_down_{uuid.uuid4().hex[:8]}"
+    deadline_time = datetime(2026, 3, 1, 5, tzinfo=UTC)
+    kwargs = _deadline_kwargs(THROWAWAY_WAREHOUSE_CONN_ID)
+    throwaway_warehouse.stop()
+
+    started = time.monotonic()
+    with structlog.testing.capture_logs() as logs:
+        returned = asyncio.run(
+            deadline_missed(_deadline_context("run_1", deadline_time, dag_id=dag_id), **kwargs)
+        )
+    [alert] = webhook.wait_for(1)
+    elapsed = time.monotonic() - started
+
+    assert returned == "sent_without_dedup"
+    assert alert.body["run_id"] == "run_1"
+    assert len(webhook.wait_for(2, timeout=1)) == 1, "exactly one alert, not one per attempt"
+    # A stopped server refuses at once: the alert is not held up by the connect timeout.
+    assert elapsed < WAREHOUSE_CONNECT_TIMEOUT_SECONDS, f"the alert took {elapsed:.1f}s"
+    [warning] = _events(logs, "alert_sent_without_dedup")
+    assert warning["log_level"] == "warning"
+    assert (warning["dag_id"], warning["run_id"]) == (dag_id, "run_1")
+    assert f"warehouse {THROWAWAY_WAREHOUSE_CONN_ID!r} unavailable: OperationalError" in warning["reason"]
+    # Recording it is best effort: the warehouse is still down, so that is logged and nothing raised.
+    [not_recorded] = _events(logs, "alert_log_write_failed")
+    assert not_recorded["run_id"] == "run_1"
+    assert _events(logs, "alert_callback_failed") == []
+
+    throwaway_warehouse.start()
+
+    second = asyncio.run(deadline_missed(_deadline_context("run_2", deadline_time, dag_id=dag_id), **kwargs))
+    third = asyncio.run(deadline_missed(_deadline_context("run_3", deadline_time, dag_id=dag_id), **kwargs))
+
+    assert (second, third) == ("sent", "suppressed")
+    assert [a.body["run_id"] for a in webhook.wait_for(3, timeout=2)] == ["run_1", "run_2"]
+    assert throwaway_warehouse.alert_log(dag_id) == [("run_2", "sent"), ("run_3", "suppressed")]
+
+
+@pytest.mark.slow
+def test_failure_alert_goes_out_while_the_warehouse_is_down_and_is_recorded_once_it_is_back(
+    airflow_db: str, dags_folder: Path, webhook: Webhook, throwaway_warehouse: ThrowawayWarehouse
+) -> None:
+    dag_id = f"bk_alert_wh_down_{uuid.uuid4().hex[:8]}"
+    dag = _failing_dag(dags_folder, dag_id, warehouse_conn_id=THROWAWAY_WAREHOUSE_CONN_ID)
+    throwaway_warehouse.stop()
+
+    first = dag.test(logical_date=pendulum.datetime(2026, 3, 1, 3, tz="UTC"))
+
+    assert first.state == "failed"
+    [alert] = webhook.wait_for(1)
+    assert (alert.body["kind"], alert.body["run_id"]) == ("task_failed", first.run_id)
+    assert len(webhook.wait_for(2, timeout=1)) == 1, "exactly one alert while the warehouse is down"
+
+    throwaway_warehouse.start()
+    second = dag.test(logical_date=pendulum.datetime(2026, 3, 2, 3, tz="UTC"))
+
+    assert second.state == "failed"
+    assert [a.body["run_id"] for a in webhook.wait_for(2)] == [first.run_id, second.run_id]
+    # The first alert could not be recorded (the warehouse was down), so the second one is not a
+    # duplicate of a logged alert: it is sent, and logged as usual from now on.
+    assert throwaway_warehouse.alert_log(dag_id) == [(second.run_id, "sent")]
+
+
+@pytest.mark.slow
+def test_a_hung_warehouse_delays_an_alert_only_by_the_connect_timeout(
+    webhook: Webhook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host that accepts the TCP connection and never answers: libpq alone would wait forever."""
+    with socket.create_server(("127.0.0.1", 0)) as hung:
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_HUNG_WAREHOUSE",
+            PgServer(host="127.0.0.1", port=hung.getsockname()[1], user="postgres").airflow_connection_json(
+                "warehouse"
+            ),
+        )
+        context = _deadline_context("run_1", datetime(2026, 3, 1, 5, tzinfo=UTC), dag_id="bk_wh_hung")
+
+        started = datetime.now(UTC)
+        with structlog.testing.capture_logs() as logs:
+            returned = asyncio.run(deadline_missed(context, **_deadline_kwargs("hung_warehouse")))
+        [alert] = webhook.wait_for(1)
+
+    assert returned == "sent_without_dedup"
+    waited = (alert.at - started).total_seconds()
+    assert WAREHOUSE_CONNECT_TIMEOUT_SECONDS <= waited < WAREHOUSE_CONNECT_TIMEOUT_SECONDS + 2, waited
+    [warning] = _events(logs, "alert_sent_without_dedup")
+    assert "timeout" in warning["reason"]
+
+
+def test_a_callback_that_cannot_deliver_logs_the_error_and_returns(
+    webhook: Webhook, monkeypatch: pytest.MonkeyPatch, warehouse: psycopg.Connection
+) -> None:
+    """Nothing listens on the webhook port: the error is logged with its traceback, never raised into
+    the triggerer, and no `sent` row claims an alert that never went out."""
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        closed_port = probe.getsockname()[1]
+    monkeypatch.setenv("AIRFLOW_CONN_ALERTS_WEBHOOK", f"http://127.0.0.1:{closed_port}")
+    dag_id = f"bk_undeliverable_{uuid.uuid4().hex[:8]}"
+    context = _deadline_context("run_1", datetime(2026, 3, 1, 5, tzinfo=UTC), dag_id=dag_id)
+
+    with structlog.testing.capture_logs() as logs:
+        returned = asyncio.run(deadline_missed(context, **AlertRoute(endpoint="/alerts").as_kwargs()))
+
+    assert isinstance(returned, str)
+    assert returned.startswith("failed: ConnectionError")
+    [failed] = _events(logs, "alert_callback_failed")
+    assert (failed["log_level"], failed["dag_id"], failed["run_id"]) == ("error", dag_id, "run_1")
+    assert failed["error"].startswith("ConnectionError")
+    assert failed["exc_info"], "the log line must carry the traceback"
+    assert warehouse.execute(
+        "SELECT count(*) FROM batch_meta.alert_log WHERE dag_id = %s", (dag_id,)
+    ).fetchone() == (0,)

@@ -24,11 +24,12 @@ import pytest
 from psycopg import sql
 
 from batchkit.assets import table_asset
-from batchkit.extract.retry import RetryPolicy
+from batchkit.sync_spec import load_spec
 from tests.upstream import Upstream, running_upstream
 from tools.airflow_api import AirflowApi, wait_for
 from tools.demo_upstream import DEFAULT_PER_DAY, Volumes, select
-from tools.stack import AirflowStack
+from tools.metadb import PgServer
+from tools.stack import AIRFLOW_COMPONENTS, HEALTH_KEYS, AirflowStack
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "dags_ops"
@@ -94,19 +95,13 @@ def api(live: Live) -> AirflowApi:
     return live.api
 
 
-def test_overrun_deadline_alert_names_the_dag_run_and_deadline(live: Live, api: AirflowApi) -> None:
+def test_overrun_deadline_alert_names_the_dag_run_and_deadline(
+    live: Live, api: AirflowApi, warehouse: psycopg.Connection
+) -> None:
     # First, so the probe's 20 s task sleeps while the next tests run rather than at teardown.
     run = api.trigger(DEADLINE_PROBE, logical_date=None)
 
-    alert = wait_for(
-        lambda: [
-            a
-            for a in live.upstream.alerts()
-            if a.get("kind") == "deadline_missed" and a["dag_id"] == DEADLINE_PROBE
-        ],
-        timeout=60,
-        what="the deadline_missed alert",
-    )[0]
+    alert = wait_for_deadline_alert(live.upstream, run["dag_run_id"])
 
     queued_at = parse_time(api.dag_run(DEADLINE_PROBE, run["dag_run_id"])["queued_at"])
     assert alert["run_id"] == run["dag_run_id"]
@@ -114,6 +109,23 @@ def test_overrun_deadline_alert_names_the_dag_run_and_deadline(live: Live, api: 
     assert alert["deadline_interval_seconds"] == 5
     assert abs(parse_time(alert["deadline_time"]) - (queued_at + timedelta(seconds=5))) < timedelta(seconds=1)
     assert api.dag_run(DEADLINE_PROBE, run["dag_run_id"])["state"] == "running"
+
+    # The triggerer stores the callback's return value (a text column) after the alert went out: a
+    # dict there used to crash it, leaving the callback `running` to crash every restart again.
+    assert wait_for_deadline_callback(live, run["dag_run_id"]) == ("success", "sent")
+    assert_components_running(live)
+
+    # The triggerer still handles deadlines: a second run alerts too. Its alert would be a duplicate
+    # within the per-DAG dedup window, so the first one's log rows go, as if the window had passed.
+    warehouse.execute("DELETE FROM batch_meta.alert_log WHERE dag_id = %s", (DEADLINE_PROBE,))
+    second = api.trigger(DEADLINE_PROBE, logical_date=None)
+
+    # It queues behind the first run (max_active_runs=1); its deadline counts from when it was queued.
+    second_alert = wait_for_deadline_alert(live.upstream, second["dag_run_id"], timeout=90)
+
+    assert second_alert["run_id"] == second["dag_run_id"]
+    assert wait_for_deadline_callback(live, second["dag_run_id"]) == ("success", "sent")
+    assert_components_running(live)
 
 
 def test_triggered_sync_loads_its_interval(api: AirflowApi, warehouse: psycopg.Connection) -> None:
@@ -197,8 +209,9 @@ def test_failure_past_retries_alerts_once_and_clearing_reruns_it(
     (alert,) = task_failed_alerts(upstream, RETRY_PROBE)
     assert (alert["task_id"], alert["run_id"], alert["try_number"]) == ("extract_stage", run_id, 3)
     assert "503" in alert["error"]
-    # Every try made the hook's full number of attempts, and no more: 3 tries x RetryPolicy.max_attempts.
-    assert upstream.requests_to("/v1/customers") == 3 * RetryPolicy().max_attempts
+    # Every try made the full number of attempts the probe's YAML allows, and no more.
+    attempts = load_spec(FIXTURES / f"{RETRY_PROBE}.yaml").source.retry.max_attempts
+    assert upstream.requests_to("/v1/customers") == 3 * attempts
 
     upstream.set_faults()
     clear = {"dag_run_id": run_id, "only_failed": True, "include_downstream": True, "reset_dag_runs": True}
@@ -254,6 +267,55 @@ def test_report_runs_after_both_syncs_update_their_assets(api: AirflowApi) -> No
 
 
 # --- helpers ---------------------------------------------------------------------------------------
+
+
+def wait_for_deadline_alert(upstream: Upstream, run_id: str, timeout: float = 60) -> dict:
+    """The deadline_missed alert of the probe's run `run_id`, once it has arrived (exactly one)."""
+    alerts = wait_for(
+        lambda: [
+            a
+            for a in upstream.alerts()
+            if a.get("kind") == "deadline_missed" and a["dag_id"] == DEADLINE_PROBE and a["run_id"] == run_id
+        ],
+        timeout=timeout,
+        what=f"the deadline_missed alert of {run_id}",
+    )
+    assert len(alerts) == 1, alerts
+    return alerts[0]
+
+
+def wait_for_deadline_callback(live: Live, run_id: str, timeout: float = 30) -> tuple[str, str | None]:
+    """(state, output) of the probe run's deadline callback once it is final, from the metadata DB."""
+    server, database = PgServer.from_url(live.stack.sql_alchemy_conn)
+
+    def final() -> tuple[str, str | None] | None:
+        with psycopg.connect(server.conninfo(database), autocommit=True) as conn:
+            row = conn.execute(
+                """
+                SELECT c.state, c.output
+                  FROM deadline d
+                  JOIN dag_run r ON r.id = d.dagrun_id
+                  JOIN callback c ON c.id = d.callback_id
+                 WHERE r.dag_id = %s AND r.run_id = %s
+                """,
+                (DEADLINE_PROBE, run_id),
+            ).fetchone()
+        return row if row is not None and row[0] in ("success", "failed") else None
+
+    return wait_for(final, timeout=timeout, what=f"the deadline callback of {run_id} to finish")
+
+
+def assert_components_running(live: Live) -> None:
+    """Every component process still runs, and the API reports the scheduling components healthy."""
+    exited = {
+        p.name: p.popen.returncode for p in live.stack.processes if p.popen and p.popen.poll() is not None
+    }
+    assert not exited, f"component(s) exited: {exited}\n{live.stack.log_tails()}"
+    assert {p.name for p in live.stack.processes} >= set(AIRFLOW_COMPONENTS)
+    health = live.api.get("/monitor/health")
+    assert {key: health[key]["status"] for key in HEALTH_KEYS} == dict.fromkeys(HEALTH_KEYS, "healthy"), (
+        health
+    )
 
 
 def wait_for_run(api: AirflowApi, dag_id: str, run_id: str, timeout: float = RUN_TIMEOUT) -> dict:
