@@ -21,7 +21,8 @@ Control:
     GET  /_stats    request counts per path and per (path, page position), TCP connections accepted
     POST /_reset    clears faults and stats
 Alert inbox (the default `alerts_webhook` target of `make run`, so alerts are visible offline):
-    POST /alerts    stores the JSON body, no token (a webhook receiver); GET /alerts lists them (token)
+    POST /alerts    stores the JSON body, no token (a webhook receiver; also POST /alerts/<secret path>);
+                    GET /alerts lists them (token)
 Faults are count-based, so a test knows exactly which request fails. A rule matches a data path
 (`path`, any if omitted) and a page position (`page`, 1-based in the result, any if omitted): page
 number for page/link styles, offset // limit + 1 for offset/cursor.
@@ -595,7 +596,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def _post(self, path: str, raw_query: str) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if path == "/alerts":
+        # `/alerts/<secret path>` too: a webhook whose secret is its path, as Slack's are.
+        if path == "/alerts" or path.startswith("/alerts/"):
             self._receive_alert(body)
             return
         self._authorize()

@@ -23,6 +23,11 @@ it with its traceback as `alert_callback_failed` (naming dag_id and run_id), and
 deadline_missed returns a short string, never a dict: Airflow stores an async callback's return value
 in a text column, and a dict there crashes the triggerer.
 
+What leaves the platform is scrubbed: the payload passes through Airflow's secrets masker (connection
+passwords and extras are registered with it when a task or the triggerer reads them), and an error's
+text is cut to ERROR_EXCERPT_CHARS. A webhook whose URL path is the secret (Slack-style incoming
+webhooks) keeps that path in the connection's password, not its host, so it is masked like any password.
+
 Importing this module must stay cheap and I/O-free: every DAG file imports it through dag_factory at
 parse time, so provider hooks and notifiers are imported where they are used.
 """
@@ -34,7 +39,7 @@ import html
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
@@ -61,6 +66,8 @@ HTTP_TIMEOUT_SECONDS = 10.0
 WAREHOUSE_CONNECT_TIMEOUT_SECONDS = 5
 # deadline_missed's return value lands in a text column (callback.output): keep it a short string.
 MAX_CALLBACK_OUTPUT_CHARS = 200
+# An error's text in an alert: enough to recognise it; the full text stays in the task log.
+ERROR_EXCERPT_CHARS = 500
 
 # What happened to one alert; the first three are also batch_meta.alert_log.outcome values.
 AlertOutcome = Literal["sent", "suppressed", "silenced", "sent_without_dedup"]
@@ -119,10 +126,18 @@ def task_failure_payload(context: Context) -> dict[str, Any]:
         data_interval_end=context.get("data_interval_end"),
         task_id=ti.task_id,
         map_index=ti.map_index,
-        error=f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else error,
+        error=error_excerpt(error),
         try_number=ti.try_number,
         max_tries=ti.max_tries,
     )
+
+
+def error_excerpt(error: object) -> str | None:
+    """`Class: message`, cut to ERROR_EXCERPT_CHARS (None without an error)."""
+    if error is None:
+        return None
+    text = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error)
+    return text if len(text) <= ERROR_EXCERPT_CHARS else text[: ERROR_EXCERPT_CHARS - 1] + "…"
 
 
 def deadline_payload(
@@ -174,6 +189,31 @@ def build_notifiers(payload: Mapping[str, Any], route: AlertRoute) -> list[BaseN
             )
         )
     return notifiers
+
+
+def with_webhook_endpoint(route: AlertRoute) -> AlertRoute:
+    """The route with its endpoint resolved: its own, else the webhook connection's password when it has
+    no login (a secret path such as `/services/T0/B0/XXXX`, kept where Airflow masks it, not in the
+    host). Reading the connection registers its secrets with the masker before any payload is scrubbed.
+    """
+    from airflow.sdk import BaseHook
+    from airflow.sdk.log import mask_secret
+
+    connection = BaseHook.get_connection(route.http_conn_id)
+    for secret in (connection.password, connection.extra):
+        # Connections read in a task are masked already; one read elsewhere (a test, a CLI) is not.
+        if secret:
+            mask_secret(secret)
+    if route.endpoint is not None or connection.login or not connection.password:
+        return route
+    return replace(route, endpoint=connection.password)
+
+
+def scrubbed(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The payload with every secret Airflow's masker knows replaced by ***."""
+    from airflow.sdk._shared.secrets_masker import redact
+
+    return redact(dict(payload))
 
 
 # notify() is called directly rather than through BaseNotifier.__call__: the content is
@@ -369,6 +409,8 @@ def send_logged(
 
     A delivery error (webhook or SMTP) is raised: sending again would fail the same way.
     """
+    route = with_webhook_endpoint(route)
+    payload = scrubbed(payload)
     delivery = _TrackedDelivery(payload, route)
     try:
         with connect_warehouse(warehouse_conn_id) as conn:

@@ -34,9 +34,13 @@ import structlog
 from airflow.sdk import DAG
 
 from batchkit.alerts import (
+    ERROR_EXCERPT_CHARS,
     WAREHOUSE_CONNECT_TIMEOUT_SECONDS,
     AlertRoute,
+    alert_payload,
     deadline_missed,
+    error_excerpt,
+    send_logged,
     send_unless_recent,
     silence,
 )
@@ -257,6 +261,42 @@ def test_deadline_callback_posts_the_shared_payload(webhook: Webhook) -> None:
     assert unquote(alert.body["url"]).endswith(
         "/dags/bk_nightly_export/runs/scheduled__2026-02-28T03:00:00+00:00"
     )
+
+
+def test_a_webhook_secret_path_lives_in_the_password_and_never_leaves_in_a_payload(
+    webhook: Webhook, monkeypatch: pytest.MonkeyPatch, warehouse: psycopg.Connection
+) -> None:
+    secret_path = f"/alerts/T0/B0/{uuid.uuid4().hex}"
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_ALERTS_WEBHOOK",
+        json.dumps({"conn_type": "http", "host": webhook.url, "password": secret_path}),
+    )
+    run_id = f"manual__{uuid.uuid4().hex}"
+    # An error text that quotes the secret, as a connection error naming the URL would.
+    payload = alert_payload(
+        "task_failed",
+        dag_id="bk_secret_probe",
+        run_id=run_id,
+        url=None,
+        data_interval_start=None,
+        data_interval_end=None,
+        task_id="extract_stage",
+        error=error_excerpt(ConnectionError(f"POST {webhook.url}{secret_path} failed: " + "x" * 2000)),
+    )
+
+    outcome = send_logged(payload, AlertRoute(), "warehouse", timedelta(minutes=60))
+
+    [alert] = webhook.wait_for(1)
+    assert outcome == "sent"
+    assert alert.path == secret_path  # delivered to the secret path taken from the password
+    assert secret_path not in json.dumps(alert.body)
+    assert alert.body["error"].startswith(f"ConnectionError: POST {webhook.url}***")
+    assert alert.body["error"].endswith("x…")  # cut before it was masked
+    assert len(alert.body["error"]) <= ERROR_EXCERPT_CHARS
+    (logged,) = warehouse.execute(
+        "SELECT payload::text FROM batch_meta.alert_log WHERE run_id = %s", (run_id,)
+    ).fetchone()
+    assert secret_path not in logged
 
 
 def test_a_silence_holds_alerts_until_it_expires(warehouse: psycopg.Connection) -> None:
