@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: help venv run stop test lint format lock bench clean browser backfill clear-failed pause unpause import-errors silence new-sync catalog
+.PHONY: help venv run stop status test secrets-scan chaos lint format lock bench clean browser backfill clear-failed pause unpause import-errors silence new-sync catalog
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -28,9 +28,25 @@ run: $(INSTALLED) ## start the whole stack (Ctrl-C or `make stop` ends it)
 stop: $(INSTALLED) ## stop every process `make run` started
 	$(BIN)/python -m tools.stack stop
 
+status: $(INSTALLED) ## show each `make run` component (pid, uptime, restarts, last exit) and health; exit 1 if one is down
+	$(BIN)/python -m tools.stack status
+
 lint: $(INSTALLED) ## ruff (with Airflow AIR rules) and format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# Every file git tracks or would add (deleted ones skipped); fails on a secret that is not reviewed in
+# .secrets.baseline, and updates the baseline (exit 3) when a reviewed finding only moved: commit it.
+# The hook exits 3 when the only change is that reviewed findings moved to other lines: that is not a new
+# secret, so it passes, and it runs on a copy so CI never rewrites the committed baseline.
+secrets-scan: $(INSTALLED) ## detect-secrets over the repo: fail on any secret not in the reviewed .secrets.baseline (SECURITY.md)
+	@baseline=$$(mktemp) && cp .secrets.baseline $$baseline && \
+	$(BIN)/detect-secrets-hook --baseline $$baseline \
+		$$(git ls-files --cached --others --exclude-standard | grep -vx .secrets.baseline \
+			| while read -r f; do [ -f "$$f" ] && echo "$$f"; done); \
+	status=$$?; rm -f $$baseline; \
+	if [ $$status -eq 3 ]; then echo "secrets-scan: no new secrets (reviewed findings moved; \`detect-secrets-hook --baseline .secrets.baseline <files>\` refreshes their lines)"; status=0; fi; \
+	if [ $$status -eq 0 ]; then echo "secrets-scan: no secret outside the reviewed baseline"; fi; exit $$status
 
 format: $(INSTALLED) ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .
@@ -39,8 +55,17 @@ format: $(INSTALLED) ## apply ruff fixes and formatting
 browser: ## install Debian's Chromium for the UI test (once; needs root or sudo)
 	bash tools/install_browser.sh
 
-test: lint browser ## lint, then every test (unit, integration, end to end)
+test: lint secrets-scan browser ## lint, secret scan, then every test (unit, integration, end to end)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The chaos suite (tests/e2e/test_chaos.py, also part of `make test` in its short form) with more data,
+# more kills and more backfill intervals; docs/reliability.md explains it. Summary: test-artifacts/chaos/.
+CHAOS_RECORDS ?= 600000
+CHAOS_KILLS ?= 10
+CHAOS_BACKFILL_INTERVALS ?= 5
+chaos: $(INSTALLED) ## chaos suite, long form: CHAOS_RECORDS=600000 CHAOS_KILLS=10 [CHAOS_SEED=n] (~15-25 min)
+	CHAOS_RECORDS=$(CHAOS_RECORDS) CHAOS_KILLS=$(CHAOS_KILLS) CHAOS_BACKFILL_INTERVALS=$(CHAOS_BACKFILL_INTERVALS) \
+		CHAOS_SEED=$(CHAOS_SEED) $(BIN)/python -m pytest tests/e2e/test_chaos.py -p no:cacheprovider --timeout=3600 $(PYTEST_ARGS)
 
 # Operator verbs over the REST API of a running stack. Each prints what it will do; the ones that change
 # state are dry runs unless EXECUTE=1.

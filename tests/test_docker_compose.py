@@ -5,6 +5,10 @@ fail on a user's machine: a service without a health check or dependency conditi
 inline, an image that drifts from the locked Airflow version, code folders not mounted, a `${VAR}` that a
 fresh `.env` leaves unset, and names (job types, the Celery app, ports) that the installed Airflow does
 not know.
+
+They also hold the least-privilege layout SECURITY.md describes: which service sees which secret, that
+no service running DAG code gets metadata DB credentials as a connection, that tasks connect as the
+`warehouse` role only, and that the Postgres init script creates roles without superuser powers.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ DOCKERIGNORE = REPO_ROOT / ".dockerignore"
 AIRFLOW_HOME_IN_IMAGE = "/opt/airflow"
 CODE_FOLDERS = ("dags", "plugins", "include", "config")
 ONE_SHOT_RESTART_POLICIES = ("no", "on-failure")
+# One-shot admin commands run by hand (`docker compose --profile maintenance run --rm ...`).
+MAINTENANCE_PROFILE = "maintenance"
 DEPENDENCY_CONDITIONS = ("service_started", "service_healthy", "service_completed_successfully")
 PLACEHOLDER = "change-me"
 
@@ -110,6 +116,10 @@ def healthcheck_url(service: dict[str, Any]) -> str:
 
 def is_one_shot(service: dict[str, Any]) -> bool:
     return service.get("restart") in ONE_SHOT_RESTART_POLICIES
+
+
+def is_maintenance(service: dict[str, Any]) -> bool:
+    return service.get("profiles") == [MAINTENANCE_PROFILE]
 
 
 def strings(node: Any, path: str) -> Iterator[tuple[str, str]]:
@@ -225,6 +235,10 @@ def test_every_service_is_health_checked_or_a_one_shot_others_wait_for() -> None
         if dependency.get("condition") == "service_completed_successfully"
     }
     for name, service in services().items():
+        if is_maintenance(service):
+            assert is_one_shot(service), f"service {name}: a maintenance command must be a one-shot"
+            assert name not in awaited, f"service {name}: others wait for a command that runs only by hand"
+            continue
         if name in awaited:
             assert is_one_shot(service), (
                 f"service {name}: restart {service.get('restart')!r}; a one-shot others wait for must use "
@@ -322,6 +336,8 @@ def test_celery_services_run_only_in_the_celery_profile() -> None:
     assert celery_services, "docker-compose.yaml: no redis or `celery ...` services"
     for name, service in services().items():
         expected = ["celery"] if name in celery_services else None
+        if is_maintenance(service):
+            continue
         assert service.get("profiles") == expected, f"service {name}: profiles {service.get('profiles')}"
     for name, service in services().items():
         if name in celery_services:
@@ -329,6 +345,9 @@ def test_celery_services_run_only_in_the_celery_profile() -> None:
         for target in service.get("depends_on") or {}:
             assert target not in celery_services, (
                 f"service {name}: depends_on.{target}, which plain `docker compose up` does not start"
+            )
+            assert not is_maintenance(services()[target]), (
+                f"service {name}: depends_on.{target}, which only `--profile {MAINTENANCE_PROFILE}` runs"
             )
 
 
@@ -349,16 +368,20 @@ def test_the_api_server_is_published_and_is_where_the_execution_api_points() -> 
 
 
 def test_the_warehouse_database_is_created_by_the_postgres_init_script() -> None:
-    (postgres,) = [n for n, s in services().items() if s["image"].startswith("postgres:")]
-    init_dir = mounts(services()[postgres]).get("/docker-entrypoint-initdb.d")
-    assert init_dir, f"service {postgres}: nothing mounted at /docker-entrypoint-initdb.d"
-    scripts = "\n".join(path.read_text() for path in sorted((REPO_ROOT / init_dir).glob("*.sql")))
+    scripts = postgres_init_scripts()
     created = set(re.findall(r"CREATE DATABASE\s+(\w+)", scripts, re.I))
-    for name, service in airflow_services().items():
-        env = environment(service)
-        assert env["WAREHOUSE_HOST"] == postgres, f"service {name}: environment.WAREHOUSE_HOST"
+    roles = set(re.findall(r"CREATE ROLE\s+(\w+)", scripts, re.I))
+    with_warehouse = {n: environment(s) for n, s in services().items() if "WAREHOUSE_DB" in environment(s)}
+    assert with_warehouse, "docker-compose.yaml: no service sets WAREHOUSE_* for the `warehouse` connection"
+    for name, env in with_warehouse.items():
+        assert env["WAREHOUSE_HOST"] == postgres_service(), f"service {name}: environment.WAREHOUSE_HOST"
         assert env["WAREHOUSE_DB"] in created, (
-            f"service {name}: environment.WAREHOUSE_DB={env['WAREHOUSE_DB']!r}, but {init_dir} creates {created}"
+            f"service {name}: environment.WAREHOUSE_DB={env['WAREHOUSE_DB']!r}, but the init scripts create "
+            f"{created}"
+        )
+        assert env["WAREHOUSE_USER"] in roles, (
+            f"service {name}: environment.WAREHOUSE_USER={env['WAREHOUSE_USER']!r}, but the init scripts "
+            f"create the roles {roles}"
         )
 
 
@@ -450,7 +473,13 @@ def test_worker_healthcheck_pings_the_celery_app_airflow_provides() -> None:
 
 
 def init_script() -> tuple[str, list[str]]:
-    (name,) = [n for n, s in services().items() if is_one_shot(s) and n.startswith("airflow-")]
+    awaited = {
+        target
+        for service in services().values()
+        for target, dependency in (service.get("depends_on") or {}).items()
+        if dependency.get("condition") == "service_completed_successfully"
+    }
+    (name,) = [n for n in awaited if n.startswith("airflow-")]
     command = as_list(services()[name]["command"])
     assert command[:2] == ["bash", "-c"], f"service {name}: command is not bash -c SCRIPT"
     assert len(command) == 3, f"service {name}: command is not bash -c SCRIPT"
@@ -482,3 +511,242 @@ def test_init_runs_the_migration_once_every_placeholder_is_replaced() -> None:
     # Exit 127 from the first step after the guard: the script went on to migrate.
     assert "airflow: command not found" in result.stderr, f"{init_script()[0]}: {result.stderr}"
     assert result.returncode == 127, f"{init_script()[0]}: exit {result.returncode}: {result.stderr}"
+
+
+# --- least privilege: which service sees which secret (SECURITY.md) --------------------------------
+
+INIT_DIR_TARGET = "/docker-entrypoint-initdb.d"
+PLACEHOLDER_GUARD = "docker/refuse-placeholders.sh"
+# Services that run DAG authors' code: tasks (LocalExecutor in the scheduler, CeleryExecutor in workers),
+# DAG files at parse time and DAG-level callbacks (dag-processor), triggers and deadline callbacks
+# (triggerer). Named by command, as Airflow knows them.
+RUNS_DAG_CODE = (("scheduler",), ("dag-processor",), ("triggerer",), ("celery", "worker"))
+API_SERVER = ("api-server",)
+SCHEDULER = ("scheduler",)
+FLOWER = ("celery", "flower")
+# Who receives each secret of .env: the whole audience, by service name. A new secret, or a service
+# gaining one, is a deliberate change here and in the table in SECURITY.md.
+SECRET_AUDIENCE = {
+    "POSTGRES_PASSWORD": {"postgres"},
+    # The postgres service creates the roles with them (docker/postgres-init) ...
+    "AIRFLOW_DB_PASSWORD": {
+        "postgres",
+        "airflow-init",
+        "airflow-apiserver",
+        "airflow-scheduler",
+        "airflow-dag-processor",
+        "airflow-triggerer",
+        "airflow-db-clean",
+    },
+    # ... airflow-init stores this one in the `warehouse` connection, which tasks get from the api-server.
+    "WAREHOUSE_DB_PASSWORD": {"postgres", "airflow-init"},
+    "CELERY_RESULTS_DB_PASSWORD": {"postgres", "airflow-scheduler", "airflow-worker", "airflow-flower"},
+    "AIRFLOW__CORE__FERNET_KEY": {
+        "airflow-init",
+        "airflow-apiserver",
+        "airflow-scheduler",
+        "airflow-dag-processor",
+        "airflow-triggerer",
+    },
+    "AIRFLOW__API_AUTH__JWT_SECRET": {"airflow-apiserver", "airflow-scheduler"},
+    "AIRFLOW__API__SECRET_KEY": {
+        "airflow-apiserver",
+        "airflow-scheduler",
+        "airflow-triggerer",
+        "airflow-worker",
+    },
+    "DEMO_API_TOKEN": {"airflow-init", "demo-upstream"},
+    "FLOWER_BASIC_AUTH": {"airflow-flower"},
+}
+
+
+def service_named_by(command: tuple[str, ...]) -> str:
+    (name,) = [n for n, s in services().items() if tuple(as_list(s.get("command"))) == command]
+    return name
+
+
+def postgres_service() -> str:
+    (name,) = [n for n, s in services().items() if s["image"].startswith("postgres:")]
+    return name
+
+
+def postgres_init_scripts() -> str:
+    init_dir = mounts(services()[postgres_service()]).get(INIT_DIR_TARGET)
+    assert init_dir, f"service {postgres_service()}: nothing mounted at {INIT_DIR_TARGET}"
+    paths = sorted(p for p in (REPO_ROOT / init_dir).iterdir() if p.suffix in (".sql", ".sh"))
+    assert paths, f"{init_dir}: no .sql or .sh init script"
+    return "\n".join(path.read_text() for path in paths)
+
+
+def sees(service: dict[str, Any], variable: str) -> bool:
+    """Whether `${variable}` of .env reaches the service (referenced anywhere in its definition)."""
+    return any(name == variable for _, text in strings(service, "") for name, _ in variable_references(text))
+
+
+def audience(variable: str) -> set[str]:
+    return {name for name, service in services().items() if sees(service, variable)}
+
+
+def env_setting_holders(pattern: str) -> set[str]:
+    """Services with an environment variable whose name matches `pattern` (e.g. an Airflow setting)."""
+    return {
+        name
+        for name, service in services().items()
+        if any(re.search(pattern, v) for v in environment(service))
+    }
+
+
+def test_no_service_reads_the_whole_env_file() -> None:
+    for name, service in services().items():
+        assert "env_file" not in service, (
+            f"service {name}: env_file hands every secret of .env to the container; list what it needs"
+        )
+
+
+def test_every_secret_reaches_exactly_its_audience() -> None:
+    secrets_in_example = {name for name in env_example() if is_secret_name(name)}
+    assert secrets_in_example == set(SECRET_AUDIENCE), (
+        f".env.example secrets {sorted(secrets_in_example)} != SECRET_AUDIENCE {sorted(SECRET_AUDIENCE)}: "
+        "decide which services need the new secret (here and in SECURITY.md)"
+    )
+    for variable, expected in SECRET_AUDIENCE.items():
+        assert audience(variable) == expected, (
+            f"${{{variable}}} reaches {sorted(audience(variable))}, SECURITY.md says {sorted(expected)}"
+        )
+
+
+def test_no_service_running_dag_code_can_sign_tokens_except_the_local_executor_scheduler() -> None:
+    from airflow.executors.base_executor import BaseExecutor
+
+    signers = env_setting_holders(r"^AIRFLOW__API_AUTH__JWT_(SECRET|PRIVATE_KEY)") | audience(
+        "AIRFLOW__API_AUTH__JWT_SECRET"
+    )
+    # The scheduler's executor signs every task's execution-API token, so with the LocalExecutor the
+    # task processes (its children) run next to the key: SECURITY.md says so, and CeleryExecutor moves
+    # task code to workers that do not have it. Once executors stop signing, drop the scheduler here.
+    assert "jwt_generator" in vars(BaseExecutor), "executors no longer sign task tokens: remove the exception"
+    assert signers == {service_named_by(API_SERVER), service_named_by(SCHEDULER)}, sorted(signers)
+    for command in RUNS_DAG_CODE:
+        if command != SCHEDULER:
+            assert service_named_by(command) not in signers, f"{service_named_by(command)} can sign tokens"
+
+
+def test_celery_workers_and_flower_get_no_metadata_database() -> None:
+    for command in (("celery", "worker"), FLOWER):
+        name = service_named_by(command)
+        env = environment(services()[name])
+        assert not any("SQL_ALCHEMY_CONN" in variable for variable in env), f"service {name}: metadata DB URL"
+        backend = urlsplit(literal_text(env["AIRFLOW__CELERY__RESULT_BACKEND"]).removeprefix("db+"))
+        metadata = urlsplit(
+            literal_text(environment(services()["airflow-scheduler"])["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+        )
+        assert (backend.username, backend.path) != (metadata.username, metadata.path), (
+            f"service {name}: the Celery result backend is the metadata DB"
+        )
+
+
+def test_airflow_connects_as_its_own_role_never_the_superuser() -> None:
+    superuser = literal_text(environment(services()[postgres_service()])["POSTGRES_USER"])
+    roles = set(re.findall(r"CREATE ROLE\s+(\w+)", postgres_init_scripts(), re.I))
+    for path, value in strings(compose(), "docker-compose.yaml"):
+        for url in re.findall(r"postgresql\+\w+://[^\s]+", literal_text(value)):
+            user = urlsplit(url).username
+            assert user != superuser, f"{path}: connects as the Postgres superuser {user!r}"
+            assert user in roles, f"{path}: connects as {user!r}, not a role the init scripts create"
+
+
+def test_postgres_init_creates_least_privilege_roles_from_passwords_it_is_given() -> None:
+    scripts = postgres_init_scripts()
+    statements = re.findall(r"CREATE ROLE\s+(\w+)(.*?);", scripts, re.I | re.S)
+    assert {role for role, _ in statements} >= {"airflow", "warehouse"}, statements
+    for role, options in statements:
+        for option in ("LOGIN", "NOSUPERUSER", "NOCREATEROLE", "NOCREATEDB"):
+            assert re.search(rf"\b{option}\b", options), f"CREATE ROLE {role}: no {option}"
+        assert re.search(r"PASSWORD\s+:'\w+'", options), f"CREATE ROLE {role}: password not from a variable"
+    for database, owner in re.findall(r"CREATE DATABASE\s+(\w+)\s+OWNER\s+(\w+)", scripts, re.I):
+        assert re.search(rf"REVOKE CONNECT ON DATABASE {database} FROM PUBLIC", scripts), database
+        assert re.search(rf"GRANT CONNECT ON DATABASE {database} TO {owner}\b", scripts), database
+    assert re.search(r"CREATE DATABASE airflow OWNER airflow", scripts)
+    assert re.search(r"CREATE DATABASE warehouse OWNER warehouse", scripts)
+    postgres_env = environment(services()[postgres_service()])
+    for variable in set(re.findall(r"\$\{?(\w+_PASSWORD)", scripts)) - {"POSTGRES_PASSWORD"}:
+        assert variable in postgres_env, f"the init scripts read {variable}, the postgres service lacks it"
+
+
+def test_tasks_get_no_metadata_database_connection(tmp_path) -> None:
+    for name, service in services().items():
+        for variable in environment(service):
+            assert not variable.startswith(("METADATA_DB_", "AIRFLOW_CONN_AIRFLOW_METADATA_DB")), (
+                f"service {name}: environment.{variable} hands metadata credentials to task code"
+            )
+    # airflow-init applies airflow_settings.yaml without its `airflow_metadata_db` connection.
+    _, command = init_script()
+    script = command[2]
+    program = script.split("<<'PYTHON'\n", 1)[1].split("\nPYTHON\n", 1)[0]
+    filtered = tmp_path / "settings.yaml"
+    program = program.replace("/opt/airflow/airflow_settings.yaml", str(REPO_ROOT / "airflow_settings.yaml"))
+    program = program.replace("/tmp/airflow_settings.yaml", str(filtered))
+    subprocess.run(["python", "-c", program], check=True, timeout=30)
+    original = yaml.safe_load((REPO_ROOT / "airflow_settings.yaml").read_text())["airflow"]["connections"]
+    applied = yaml.safe_load(filtered.read_text())["airflow"]["connections"]
+    assert [c["conn_id"] for c in applied] == [
+        c["conn_id"] for c in original if c["conn_id"] != "airflow_metadata_db"
+    ]
+    assert "apply /tmp/airflow_settings.yaml" in script
+    assert "connections delete airflow_metadata_db" in script
+
+
+def test_airflow_db_clean_is_a_maintenance_command_not_a_task() -> None:
+    cleaners = [n for n, s in services().items() if "airflow db clean" in " ".join(as_list(s.get("command")))]
+    assert cleaners, "docker-compose.yaml: no service runs `airflow db clean`"
+    for name in cleaners:
+        assert is_maintenance(services()[name]), f"service {name}: not in the {MAINTENANCE_PROFILE} profile"
+        assert is_one_shot(services()[name]), f"service {name}: not a one-shot"
+        assert name not in {service_named_by(command) for command in RUNS_DAG_CODE}
+
+
+def test_the_admin_password_volume_is_mounted_only_where_it_is_written() -> None:
+    (holder,) = [
+        n
+        for n, s in services().items()
+        if "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE" in environment(s)
+    ]
+    assert holder == service_named_by(API_SERVER), holder
+    password_dir = environment(services()[holder])["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"]
+    volume = mounts(services()[holder])[password_dir.rsplit("/", 1)[0]]
+    assert not volume.startswith(("./", "/")), f"service {holder}: the password file is on a bind mount"
+    for name, service in services().items():
+        if name != holder:
+            assert volume not in mounts(service).values(), f"service {name}: mounts {volume}"
+
+
+def test_flower_credentials_only_in_flower() -> None:
+    assert env_setting_holders(r"FLOWER_BASIC_AUTH") == {service_named_by(FLOWER)}
+
+
+def test_every_airflow_service_refuses_placeholders_before_starting() -> None:
+    guard = f"{AIRFLOW_HOME_IN_IMAGE}/{PLACEHOLDER_GUARD}"
+    for name, service in airflow_services().items():
+        entrypoint = as_list(service.get("entrypoint"))
+        assert guard in entrypoint, f"service {name}: entrypoint {entrypoint} does not run {guard}"
+        assert entrypoint[-1] == "/entrypoint", f"service {name}: entrypoint {entrypoint} skips the image's"
+        assert mounts(service).get(guard.rsplit("/", 1)[0]) == "./" + PLACEHOLDER_GUARD.rsplit("/", 1)[0], (
+            name
+        )
+
+    def run(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["bash", str(REPO_ROOT / PLACEHOLDER_GUARD), "echo", "started"],
+            env={"PATH": "/usr/bin:/bin", **env},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    refused = run({"AIRFLOW__API_AUTH__JWT_SECRET": PLACEHOLDER, "FLOWER_BASIC_AUTH": f"admin:{PLACEHOLDER}"})
+    assert refused.returncode == 1, refused
+    assert "started" not in refused.stdout, refused
+    assert set(refused.stderr.split()) >= {"AIRFLOW__API_AUTH__JWT_SECRET", "FLOWER_BASIC_AUTH"}
+    assert PLACEHOLDER not in refused.stderr.splitlines()[-1], "the guard must name variables, not values"
+    started = run({"AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(16)})
+    assert (started.returncode, started.stdout.strip()) == (0, "started"), started

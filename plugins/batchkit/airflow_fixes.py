@@ -29,11 +29,14 @@ clear` CLI does so while it reads the DAG, before it clears (checked on 3.3.2). 
 would be too early: it is imported inside settings.initialize(), before the ORM is configured, and
 importing airflow.models from there is unsafe. GET /api/v2/plugins lists the plugin when it is active.
 
-Guards. The replacement is installed only on the 3.3 series and only over a function with the upstream
-signature; anything else raises AirflowFixOutdated, which the plugins manager reports as a plugin import
-error (api-server log, GET /api/v2/plugins/importErrors) rather than silently patching code it does
-not know. tests/e2e/test_airflow_fixes.py fails once the installed Airflow is not a release known to
-have the bug: then check whether the upgrade fixed it and delete this module.
+Guards. The replacement is installed only on the exact releases checked to have the bug
+(AFFECTED_VERSIONS, compared with the installed `airflow.__version__` by `check_affected_version` every
+time the plugin loads) and only over a function with the upstream signature. Anything else raises
+AirflowFixOutdated naming the installed version and the issue, which the plugins manager reports as a
+plugin import error (api-server log, GET /api/v2/plugins/importErrors) rather than silently patching
+code it does not know: after an upgrade, check whether the new release still has the bug, then either
+add it to AFFECTED_VERSIONS or delete this module. tests/batchkit/test_airflow_fixes_guard.py covers
+the guard; tests/e2e/test_airflow_fixes.py the fix itself.
 """
 
 from __future__ import annotations
@@ -56,9 +59,8 @@ ISSUE = "apache/airflow#70368"
 PATCHED_MODULE = "airflow.models.taskinstance"
 PATCHED_FUNCTION = "_recalculate_dagrun_queued_at_deadlines"
 PATCHED_PARAMETERS = ("dagrun", "new_queued_at", "session")
-AFFECTED_SERIES = (3, 3)
-# Releases checked to have the bug; a release outside this list needs a look before the fix stays.
-KNOWN_AFFECTED_VERSIONS = ("3.3.0", "3.3.1", "3.3.2")
+# The exact releases checked to have the bug: on any other one the plugin refuses to load.
+AFFECTED_VERSIONS = ("3.3.0", "3.3.1", "3.3.2")
 # Set on the replacement, so a second install (module loaded under two names) is a no-op.
 FIX_MARKER = "__batchkit_fix__"
 
@@ -124,34 +126,36 @@ def recalculate_dagrun_queued_at_deadlines(dagrun: DagRun, new_queued_at: dateti
         deadline.deadline_time = new_deadline_time
 
 
-def airflow_series(version: str) -> tuple[int, int]:
-    from packaging.version import Version
+def check_affected_version(version: str) -> None:
+    """Raise AirflowFixOutdated unless `version` is one of AFFECTED_VERSIONS (exact match, no ranges).
 
-    release = Version(version).release
-    return release[0], release[1]
+    A plain function of the version string, so the guard is testable without touching Airflow.
+    """
+    if version not in AFFECTED_VERSIONS:
+        raise AirflowFixOutdated(
+            f"{__name__}: the fix for {ISSUE} applies to Airflow {', '.join(AFFECTED_VERSIONS)} only, "
+            f"but Airflow {version} is installed: check whether {version} still has the bug, then add it "
+            "to AFFECTED_VERSIONS or delete this fix (and its plugin)"
+        )
 
 
 def install_queued_at_deadline_fix() -> bool:
     """Replace the broken upstream function; returns whether this call installed it.
 
-    Raises AirflowFixOutdated when Airflow is outside the affected series or the function it replaces
-    changed, rather than patching code it was not written for.
+    Raises AirflowFixOutdated when the installed Airflow is not one of AFFECTED_VERSIONS or the function
+    it replaces changed, rather than patching code it was not written for.
     """
     import importlib
 
     from airflow import __version__ as airflow_version
 
+    # First, on every load: a release nobody checked never gets (or keeps quiet about) the patch.
+    check_affected_version(airflow_version)
     module = importlib.import_module(PATCHED_MODULE)
     target = f"{PATCHED_MODULE}.{PATCHED_FUNCTION}"
     current = getattr(module, PATCHED_FUNCTION, None)
     if getattr(current, FIX_MARKER, None) == ISSUE:
         return False
-    if airflow_series(airflow_version) != AFFECTED_SERIES:
-        raise AirflowFixOutdated(
-            f"{__name__}: the fix for {ISSUE} targets Airflow {'.'.join(map(str, AFFECTED_SERIES))}.x, "
-            f"but Airflow {airflow_version} is installed: check whether it still has the bug, then remove "
-            "this fix (and its plugin) or widen AFFECTED_SERIES"
-        )
     if current is None:
         raise AirflowFixOutdated(f"{__name__}: {target} no longer exists in Airflow {airflow_version}")
     parameters = tuple(inspect.signature(current).parameters)

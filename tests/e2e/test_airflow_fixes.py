@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import re
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,8 +26,8 @@ from sqlalchemy.orm import Session
 
 from batchkit import airflow_fixes
 from batchkit.airflow_fixes import (
+    AFFECTED_VERSIONS,
     FIX_MARKER,
-    KNOWN_AFFECTED_VERSIONS,
     AirflowFixOutdated,
     deadline_alert_interval,
     install_queued_at_deadline_fix,
@@ -46,9 +47,9 @@ BUG_MESSAGE = "unsupported type for timedelta seconds component: dict"
 
 
 def test_installed_airflow_is_a_release_known_to_have_the_bug() -> None:
-    assert airflow.__version__ in KNOWN_AFFECTED_VERSIONS, (
+    assert airflow.__version__ in AFFECTED_VERSIONS, (
         f"Airflow {airflow.__version__} is installed. If it fixes apache/airflow#70368 (PR #70370), delete "
-        "plugins/batchkit/airflow_fixes.py and this test; if not, add the version to KNOWN_AFFECTED_VERSIONS"
+        "plugins/batchkit/airflow_fixes.py and this test; if not, add the version to AFFECTED_VERSIONS"
     )
 
 
@@ -126,10 +127,13 @@ def test_install_refuses_a_function_whose_signature_changed(
     assert taskinstance._recalculate_dagrun_queued_at_deadlines is reworked
 
 
-def test_install_refuses_another_airflow_series(unpatched: object, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(airflow, "__version__", "3.4.0")
+@pytest.mark.parametrize("version", ["3.4.0", "3.3.3"])
+def test_install_refuses_a_release_outside_the_affected_list(
+    unpatched: object, monkeypatch: pytest.MonkeyPatch, version: str
+) -> None:
+    monkeypatch.setattr(airflow, "__version__", version)
 
-    with pytest.raises(AirflowFixOutdated, match="Airflow 3.4.0 is installed"):
+    with pytest.raises(AirflowFixOutdated, match=rf"Airflow {re.escape(version)} is installed"):
         install_queued_at_deadline_fix()
     assert taskinstance._recalculate_dagrun_queued_at_deadlines is unpatched
 
