@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: help venv run stop status test secrets-scan chaos lint format lock bench clean browser backfill clear-failed pause unpause import-errors silence new-sync catalog
+.PHONY: help venv run stop status db-clean test secrets-scan chaos lint format lock bench clean browser backfill clear-failed pause unpause import-errors silence new-sync catalog
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -30,6 +30,9 @@ stop: $(INSTALLED) ## stop every process `make run` started
 
 status: $(INSTALLED) ## show each `make run` component (pid, uptime, restarts, last exit) and health; exit 1 if one is down
 	$(BIN)/python -m tools.stack status
+
+db-clean: $(INSTALLED) ## dry-run `airflow db clean` of metadata older than DAYS (30) as the metadata role; EXECUTE=1 deletes
+	$(BIN)/python -m tools.stack db-clean $(if $(DAYS),--days $(DAYS)) $(EXECUTE_FLAG)
 
 lint: $(INSTALLED) ## ruff (with Airflow AIR rules) and format check
 	$(BIN)/ruff check .

@@ -2,11 +2,18 @@
 
 Airflow reads its configuration when first imported, so the environment is set here, at import time,
 before any test module imports airflow.
+
+Each database gets a role of its own, as `make run` gives them (tools.metadb.provision_database):
+Airflow's metadata DB belongs to a metadata role, the warehouse to a warehouse role with no server-wide
+powers, which is what the Airflow connection `warehouse` logs in as. So the code under test reaches the
+warehouse with exactly the rights a task has under `make run`. The superuser (`pg_server`) only
+creates and drops the databases and roles.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -19,22 +26,32 @@ import pytest
 from cryptography.fernet import Fernet
 
 from tools.airflow_env import airflow_env
-from tools.metadb import PgServer, drop_database, ensure_database, resolve_test_server
+from tools.metadb import (
+    DatabaseRole,
+    PgServer,
+    drop_database,
+    drop_role,
+    provision_database,
+    resolve_test_server,
+)
 
 PG_SERVER, _EMBEDDED = resolve_test_server()
-# One pair of databases per pytest process, so concurrent sessions never share state.
+# One pair of databases and roles per pytest process, so concurrent sessions never share state (roles
+# belong to the whole server, so they are named after the process too).
 METADATA_DB = f"bk_test_meta_{os.getpid()}"
 WAREHOUSE_DB = f"bk_test_wh_{os.getpid()}"
-ensure_database(PG_SERVER, METADATA_DB)
-ensure_database(PG_SERVER, WAREHOUSE_DB)
+METADATA_ROLE = DatabaseRole(f"bk_test_meta_owner_{os.getpid()}", secrets.token_urlsafe(24))
+WAREHOUSE_ROLE = DatabaseRole(f"bk_test_wh_rw_{os.getpid()}", secrets.token_urlsafe(24))
+METADATA_SERVER = provision_database(PG_SERVER, METADATA_DB, METADATA_ROLE)
+WAREHOUSE_SERVER = provision_database(PG_SERVER, WAREHOUSE_DB, WAREHOUSE_ROLE)
 
 AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="bk-airflow-home-"))
 os.environ.update(
     airflow_env(
         AIRFLOW_HOME,
-        PG_SERVER.sqlalchemy_url(METADATA_DB),
+        METADATA_SERVER.sqlalchemy_url(METADATA_DB),
         extra={
-            "AIRFLOW_CONN_WAREHOUSE": PG_SERVER.airflow_connection_json(WAREHOUSE_DB),
+            "AIRFLOW_CONN_WAREHOUSE": WAREHOUSE_SERVER.airflow_connection_json(WAREHOUSE_DB),
             # Only the `airflow` CLI writes a generated key to airflow.cfg; this process and the CLI
             # subprocesses must share one, or connections stored by one are unreadable by the other.
             "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
@@ -49,6 +66,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         sys.modules["airflow.settings"].dispose_orm()
     drop_database(PG_SERVER, METADATA_DB)
     drop_database(PG_SERVER, WAREHOUSE_DB)
+    drop_role(PG_SERVER, METADATA_ROLE.name)
+    drop_role(PG_SERVER, WAREHOUSE_ROLE.name)
     shutil.rmtree(AIRFLOW_HOME, ignore_errors=True)
     if _EMBEDDED is not None:
         _EMBEDDED.stop()
@@ -56,13 +75,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 @pytest.fixture(scope="session")
 def pg_server() -> PgServer:
+    """The server as its superuser: for creating and dropping databases, never for code under test."""
     return PG_SERVER
 
 
 @pytest.fixture(scope="session")
 def warehouse_conninfo() -> str:
-    """libpq conninfo of this session's warehouse database (also Airflow connection `warehouse`)."""
-    return PG_SERVER.conninfo(WAREHOUSE_DB)
+    """libpq conninfo of this session's warehouse database as its restricted owner role, the login of
+    Airflow connection `warehouse`: what fixtures create there, the code under test can use."""
+    return WAREHOUSE_SERVER.conninfo(WAREHOUSE_DB)
 
 
 @pytest.fixture

@@ -8,6 +8,8 @@ from pathlib import Path
 from tools.metadb import REPO_ROOT
 
 ADMIN_USER = "admin"
+# Where the api-server listens: this machine only, unless the user opts out (AIRFLOW_HOST=0.0.0.0).
+DEFAULT_BIND_HOST = "127.0.0.1"
 
 
 def airflow_env(
@@ -16,9 +18,11 @@ def airflow_env(
     *,
     dags_folder: Path = REPO_ROOT / "dags",
     api_port: int = 8080,
+    bind_host: str = DEFAULT_BIND_HOST,
     extra: dict[str, str] | None = None,
 ) -> dict[str, str]:
-    """Dev settings: examples off, a short DAG refresh, parallelism sized for a laptop, auth on.
+    """Dev settings: examples off, a short DAG refresh, parallelism sized for a laptop, auth on, the
+    api-server on `bind_host`.
 
     A 30 s task heartbeat timeout makes a killed task supervisor's task fail (and retry) within 40 s.
     """
@@ -34,6 +38,7 @@ def airflow_env(
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
+        "AIRFLOW__API__HOST": bind_host,
         "AIRFLOW__API__PORT": str(api_port),
         "AIRFLOW__API__BASE_URL": f"http://localhost:{api_port}",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://localhost:{api_port}/execution/",

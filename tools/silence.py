@@ -16,7 +16,7 @@ from datetime import timedelta
 
 import psycopg
 
-from tools.metadb import LOCAL_DIR, EmbeddedPostgres
+from tools.metadb import LOCAL_DIR, DatabaseRole, EmbeddedPostgres
 
 
 def warehouse_conninfo() -> str:
@@ -26,7 +26,13 @@ def warehouse_conninfo() -> str:
     embedded = EmbeddedPostgres(LOCAL_DIR / "pgdata")
     if not embedded.is_running():
         raise SystemExit("no WAREHOUSE_CONNINFO and the `make run` stack is not running: nothing to silence")
-    return embedded.start().conninfo("warehouse")
+    from dotenv import dotenv_values
+
+    from tools.stack import GENERATED_ENV, WAREHOUSE_DB, WAREHOUSE_ROLE
+
+    # As the warehouse's own role, like the tasks: a superuser would create tables they cannot use.
+    role = DatabaseRole(WAREHOUSE_ROLE, dotenv_values(GENERATED_ENV)["WAREHOUSE_ROLE_PASSWORD"])
+    return embedded.start().as_role(role).conninfo(WAREHOUSE_DB)
 
 
 def main(argv: list[str] | None = None) -> int:

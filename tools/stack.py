@@ -1,12 +1,16 @@
 """The local Airflow stack behind `make run` / `make stop` / `make status`, also used by the e2e tests.
 
-`run` picks the metadata database (AIRFLOW__DATABASE__SQL_ALCHEMY_CONN, else an embedded Postgres in
-.local/pgdata), migrates it, applies airflow_settings.yaml, starts the api-server, scheduler,
-dag-processor and triggerer (LocalExecutor) plus the demo upstream, waits until
+`run` picks the Postgres server (AIRFLOW__DATABASE__SQL_ALCHEMY_CONN, else an embedded Postgres in
+.local/pgdata), gives the metadata and the warehouse database each a role of its own (tools.metadb:
+Airflow's components log in as `airflow_metadata`, tasks as `warehouse_rw`), migrates, applies
+airflow_settings.yaml, starts the api-server, scheduler, dag-processor and triggerer (LocalExecutor)
+plus the demo upstream, all listening on 127.0.0.1 only (AIRFLOW_HOST opts out), waits until
 /api/v2/monitor/health reports every component healthy, then supervises them in the foreground like a
 service manager: a component that exits is restarted with exponential backoff once Postgres accepts
-connections. Only Ctrl-C or `stop` end the stack; data in .local/ survives a restart. `status` reports
-each component (pid, uptime, restarts, last exit code) from the status file the supervisor keeps.
+connections. Only Ctrl-C or `stop` end the stack; data in .local/ (0700) survives a restart. `status`
+reports each component (pid, uptime, restarts, last exit code) from the status file the supervisor
+keeps. `db-clean` runs `airflow db clean` as the metadata role: metadata retention is maintenance, not
+a task, so no task ever holds metadata credentials.
 """
 
 from __future__ import annotations
@@ -26,14 +30,23 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psutil
 import psycopg
+from sqlalchemy.engine import make_url
 
-from tools.airflow_env import ADMIN_USER, airflow_env
-from tools.metadb import LOCAL_DIR, REPO_ROOT, EmbeddedPostgres, PgServer, ensure_database
+from tools.airflow_env import ADMIN_USER, DEFAULT_BIND_HOST, airflow_env
+from tools.metadb import (
+    LOCAL_DIR,
+    REPO_ROOT,
+    DatabaseRole,
+    EmbeddedPostgres,
+    PgServer,
+    provision_database,
+)
+from tools.private_files import ensure_private_dir, restrict_secret_file, write_secret_file
 
 AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 HEALTH_KEYS = ("metadatabase", "scheduler", "triggerer", "dag_processor")
@@ -42,9 +55,19 @@ SUPERVISOR_PID = RUN_DIR / "stack.pid"
 RUN_STATUS_FILE = RUN_DIR / "status.json"
 # Seconds between supervision passes: how late an exit is noticed.
 SUPERVISE_INTERVAL = 1.0
+DB_CLEAN_TIMEOUT = 1800.0
+# Metadata older than this many days is what `db-clean` removes by default.
+DB_CLEAN_DEFAULT_DAYS = 30
 GENERATED_ENV = LOCAL_DIR / "generated.env"
 # Secrets the stack needs that a fresh laptop does not have: generated once, kept in .local (0600).
-GENERATED_SECRETS = ("DEMO_API_TOKEN",)
+GENERATED_SECRETS = ("DEMO_API_TOKEN", "METADATA_ROLE_PASSWORD", "WAREHOUSE_ROLE_PASSWORD")
+# Never exported to the environment every component (and so every task) inherits: each goes only into
+# the one connection that needs it.
+ROLE_PASSWORDS = ("METADATA_ROLE_PASSWORD", "WAREHOUSE_ROLE_PASSWORD")
+METADATA_DB = "airflow"
+METADATA_ROLE = "airflow_metadata"
+WAREHOUSE_DB = "warehouse"
+WAREHOUSE_ROLE = "warehouse_rw"
 # What .env.example holds where a real secret must go.
 ENV_PLACEHOLDER = "change-me"
 
@@ -127,6 +150,8 @@ class AirflowStack:
     sql_alchemy_conn: str
     dags_folder: Path = REPO_ROOT / "dags"
     api_port: int = 8080
+    # The api-server's address; the other components listen on nothing (see `start`).
+    bind_host: str = DEFAULT_BIND_HOST
     extra_env: Mapping[str, str] = field(default_factory=dict)
     extra_processes: Mapping[str, list[str]] = field(default_factory=dict)
     # The `airflow <component>` commands to run; () leaves only `extra_processes`.
@@ -148,6 +173,7 @@ class AirflowStack:
             self.sql_alchemy_conn,
             dags_folder=self.dags_folder,
             api_port=self.api_port,
+            bind_host=self.bind_host,
             extra=dict(self.extra_env),
         )
 
@@ -162,6 +188,11 @@ class AirflowStack:
     @property
     def status_file(self) -> Path:
         return self.status_path or self.airflow_home / "stack-status.json"
+
+    @property
+    def admin_password_file(self) -> Path:
+        """SimpleAuthManager's password file (its default location, `[core] simple_auth_manager_passwords_file`)."""
+        return self.airflow_home / "simple_auth_manager_passwords.json.generated"
 
     @property
     def supervised(self) -> bool:
@@ -225,7 +256,14 @@ class AirflowStack:
         self.wait_for_database()
         argvs = {c: [sys.executable, "-m", "airflow", c] for c in self.components}
         if "api-server" in argvs:
-            argvs["api-server"] += ["--port", str(self.api_port)]
+            self.ensure_admin_password()
+            argvs["api-server"] += ["--host", self.bind_host, "--port", str(self.api_port)]
+        # The worker and trigger log servers (8793, 8794) bind every interface, and Airflow 3.3 has no
+        # setting for their address. They only serve logs to an api-server on another machine: this one
+        # reads the task and trigger log files from the shared base_log_folder instead.
+        for component in ("scheduler", "triggerer"):
+            if component in argvs:
+                argvs[component].append("--skip-serve-logs")
         argvs.update(self.extra_processes)
         env = self.env
         for name, argv in argvs.items():
@@ -410,9 +448,25 @@ class AirflowStack:
             _end_session(proc.popen.pid)
         self._write_status()
 
+    def ensure_admin_password(self) -> bool:
+        """Give the admin a password before the api-server starts; True if one was generated now.
+
+        The api-server generates a missing one itself, but prints it into its log and creates the file
+        with the umask's mode (0644). Written here (0600, atomically), the api-server finds the user and
+        neither generates nor prints anything.
+        """
+        self.airflow_home.mkdir(parents=True, exist_ok=True)
+        path = self.admin_password_file
+        passwords = json.loads(path.read_text() or "{}") if path.exists() else {}
+        if ADMIN_USER in passwords:
+            restrict_secret_file(path)
+            return False
+        passwords[ADMIN_USER] = secrets.token_urlsafe(16)
+        write_secret_file(path, json.dumps(passwords) + "\n")
+        return True
+
     def admin_password(self) -> str:
-        passwords = self.airflow_home / "simple_auth_manager_passwords.json.generated"
-        return json.loads(passwords.read_text())[ADMIN_USER]
+        return json.loads(self.admin_password_file.read_text())[ADMIN_USER]
 
 
 def session_processes(session_id: int) -> list[psutil.Process]:
@@ -465,8 +519,12 @@ def _iso(timestamp: float | None) -> str | None:
     return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
 
 
-def load_env_files() -> None:
-    """`.env` (the user's, optional) then generated secrets; real environment variables win."""
+def load_env_files() -> dict[str, str]:
+    """`.env` (the user's, optional) then generated secrets; real environment variables win.
+
+    Generates the missing secrets into GENERATED_ENV. Exports everything except the database role
+    passwords, which it returns instead.
+    """
     from dotenv import dotenv_values
 
     values: dict[str, str | None] = {}
@@ -479,61 +537,96 @@ def load_env_files() -> None:
             f"{REPO_ROOT / '.env'} still has the placeholder {ENV_PLACEHOLDER!r} for {placeholders}: "
             "fill them in (see the comments in .env.example) or delete those lines to use the defaults"
         )
+    generated = {
+        key: secrets.token_urlsafe(24)
+        for key in GENERATED_SECRETS
+        if not (os.environ.get(key) or values.get(key))
+    }
+    if generated:
+        kept = GENERATED_ENV.read_text().rstrip("\n") + "\n" if GENERATED_ENV.exists() else ""
+        write_secret_file(
+            GENERATED_ENV, kept + "".join(f"{key}={value}\n" for key, value in generated.items())
+        )
+        values.update(generated)
+    elif GENERATED_ENV.exists():
+        restrict_secret_file(GENERATED_ENV)
     for key, value in values.items():
-        if value is not None:
+        if value is not None and key not in ROLE_PASSWORDS:
             os.environ.setdefault(key, value)
-    missing = [k for k in GENERATED_SECRETS if not os.environ.get(k)]
-    if missing:
-        GENERATED_ENV.parent.mkdir(parents=True, exist_ok=True)
-        with GENERATED_ENV.open("a") as out:
-            for key in missing:
-                value = secrets.token_urlsafe(24)
-                out.write(f"{key}={value}\n")
-                os.environ[key] = value
-        GENERATED_ENV.chmod(0o600)
+    return {key: os.environ.get(key) or values[key] for key in ROLE_PASSWORDS}
 
 
-def choose_database() -> tuple[str, PgServer, EmbeddedPostgres | None]:
-    """The metadata DB URL, the server holding the warehouse DB, and the embedded server if started."""
+@dataclass(frozen=True)
+class StackDatabases:
+    """Where `make run`'s components and tasks connect, each as its own role."""
+
+    sql_alchemy_conn: str  # the metadata DB as `airflow_metadata`: Airflow's components only
+    warehouse: dict[str, str]  # WAREHOUSE_* for airflow_settings.yaml's `warehouse` connection (tasks)
+    embedded: EmbeddedPostgres | None  # the embedded server, when no server is configured
+
+
+def choose_database(role_passwords: Mapping[str, str]) -> StackDatabases:
+    """Pick the server and give each database its role (tools.metadb.provision_database).
+
+    The configured server's URL (AIRFLOW__DATABASE__SQL_ALCHEMY_CONN) or the embedded server's
+    `postgres` is the superuser this tooling creates the roles with; no component gets it.
+    """
     configured = os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")
+    embedded = None
     if configured:
         if configured.startswith("sqlite"):
             raise StackError(
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN points at SQLite; this stack needs Postgres."
             )
-        server, _ = PgServer.from_url(configured)
-        print(f"metadata DB: {_redact(configured)} (from AIRFLOW__DATABASE__SQL_ALCHEMY_CONN)")
-        return configured, server, None
-    embedded = EmbeddedPostgres(LOCAL_DIR / "pgdata")
-    print(f"metadata DB: embedded Postgres, data in {embedded.pgdata}")
-    server = embedded.start()
-    ensure_database(server, "airflow")
-    return server.sqlalchemy_url("airflow"), server, embedded
+        admin, metadata_db = PgServer.from_url(configured)
+        print(f"Postgres: {_redact(configured)} (from AIRFLOW__DATABASE__SQL_ALCHEMY_CONN)")
+    else:
+        embedded = EmbeddedPostgres(LOCAL_DIR / "pgdata")
+        print(f"Postgres: embedded, data in {embedded.pgdata}")
+        admin, metadata_db = embedded.start(), METADATA_DB
+    _require_superuser(admin, configured)
+    metadata_role = DatabaseRole(METADATA_ROLE, role_passwords["METADATA_ROLE_PASSWORD"])
+    provision_database(admin, metadata_db, metadata_role)
+    if configured:
+        # Everything else in the configured URL (driver, host, query options such as sslmode) stays.
+        url = make_url(configured).set(username=metadata_role.name, password=metadata_role.password)
+        sql_alchemy_conn = url.render_as_string(hide_password=False)
+    else:
+        sql_alchemy_conn = admin.as_role(metadata_role).sqlalchemy_url(metadata_db)
+    print(f"metadata DB: {metadata_db} (role {METADATA_ROLE})")
+    return StackDatabases(sql_alchemy_conn, warehouse_env(admin, role_passwords), embedded)
 
 
-def warehouse_env(server: PgServer) -> dict[str, str]:
-    """WAREHOUSE_* for airflow_settings.yaml: the user's if set, else a `warehouse` DB on the same server."""
-    env = {
+def _require_superuser(admin: PgServer, configured: str | None) -> None:
+    with psycopg.connect(admin.conninfo("postgres"), connect_timeout=10) as conn:
+        is_superuser = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[
+            0
+        ]
+    if not is_superuser:
+        raise StackError(
+            f"{_redact(configured or admin.sqlalchemy_url('postgres'))}: role {admin.user!r} is not a superuser. "
+            "make run uses this role only to create the roles "
+            f"{METADATA_ROLE!r} and {WAREHOUSE_ROLE!r} and give each its database; Airflow and the tasks "
+            "never get it. Point AIRFLOW__DATABASE__SQL_ALCHEMY_CONN at a superuser (see README.md)."
+        )
+
+
+def warehouse_env(admin: PgServer, role_passwords: Mapping[str, str]) -> dict[str, str]:
+    """WAREHOUSE_* for airflow_settings.yaml: the user's if WAREHOUSE_HOST is set, else database
+    `warehouse` on the same server, owned by and reached as `warehouse_rw`."""
+    if "WAREHOUSE_HOST" in os.environ:
+        print(f"warehouse DB: {os.environ['WAREHOUSE_HOST']} (from WAREHOUSE_*)")
+        keys = ("WAREHOUSE_HOST", "WAREHOUSE_PORT", "WAREHOUSE_USER", "WAREHOUSE_PASSWORD", "WAREHOUSE_DB")
+        return {key: os.environ.get(key, "") for key in keys}
+    role = DatabaseRole(WAREHOUSE_ROLE, role_passwords["WAREHOUSE_ROLE_PASSWORD"])
+    server = provision_database(admin, WAREHOUSE_DB, role)
+    print(f"warehouse DB: {WAREHOUSE_DB} (role {WAREHOUSE_ROLE})")
+    return {
         "WAREHOUSE_HOST": server.host,
         "WAREHOUSE_PORT": str(server.port),
         "WAREHOUSE_USER": server.user,
         "WAREHOUSE_PASSWORD": server.password or "",
-        "WAREHOUSE_DB": "warehouse",
-    }
-    if "WAREHOUSE_HOST" not in os.environ:
-        ensure_database(server, env["WAREHOUSE_DB"])
-    return {k: os.environ.get(k, v) for k, v in env.items()}
-
-
-def metadata_db_env(sql_alchemy_conn: str) -> dict[str, str]:
-    """METADATA_DB_* for airflow_settings.yaml's `airflow_metadata_db` connection (platform_cleanup)."""
-    server, database = PgServer.from_url(sql_alchemy_conn)
-    return {
-        "METADATA_DB_HOST": server.host,
-        "METADATA_DB_PORT": str(server.port),
-        "METADATA_DB_USER": server.user,
-        "METADATA_DB_PASSWORD": server.password or "",
-        "METADATA_DB_NAME": database,
+        "WAREHOUSE_DB": WAREHOUSE_DB,
     }
 
 
@@ -548,24 +641,33 @@ def demo_upstream_argv(port: int) -> list[str]:
 
 
 def run() -> int:
-    load_env_files()
+    ensure_private_dir(LOCAL_DIR)
+    role_passwords = load_env_files()
     if SUPERVISOR_PID.exists() and _pid_running(int(SUPERVISOR_PID.read_text())):
         raise StackError(
             f"a stack is already running (pid {SUPERVISOR_PID.read_text().strip()}); `make stop` first"
         )
-    sql_alchemy_conn, server, embedded = choose_database()
+    databases = choose_database(role_passwords)
+    embedded = databases.embedded
     api_port = int(os.environ.get("AIRFLOW_PORT", "8080"))
     demo_port = int(os.environ.get("DEMO_API_PORT", "8081"))
+    bind_host = os.environ.get("AIRFLOW_HOST", DEFAULT_BIND_HOST)
+    if bind_host != DEFAULT_BIND_HOST:
+        print(
+            f"AIRFLOW_HOST={bind_host}: the api-server (UI, REST API, task execution API) accepts connections "
+            "from other machines; anyone who can reach it can try the admin password.",
+            flush=True,
+        )
     extra_env = {
-        **warehouse_env(server),
-        **metadata_db_env(sql_alchemy_conn),
+        **databases.warehouse,
         "DEMO_API_URL": os.environ.get("DEMO_API_URL", f"http://127.0.0.1:{demo_port}"),
         "ALERTS_WEBHOOK_URL": os.environ.get("ALERTS_WEBHOOK_URL", f"http://127.0.0.1:{demo_port}/alerts"),
     }
     stack = AirflowStack(
         airflow_home=LOCAL_DIR / "airflow",
-        sql_alchemy_conn=sql_alchemy_conn,
+        sql_alchemy_conn=databases.sql_alchemy_conn,
         api_port=api_port,
+        bind_host=bind_host,
         extra_env=extra_env,
         extra_processes={"demo-upstream": demo_upstream_argv(demo_port)},
         log_dir=LOCAL_DIR / "logs",
@@ -585,14 +687,17 @@ def run() -> int:
         t0 = time.monotonic()
         print("migrating the metadata DB and applying airflow_settings.yaml ...", flush=True)
         stack.prepare()
+        # Shown once, on this terminal only (never in .local/logs); afterwards the file holds it.
+        new_password = stack.ensure_admin_password()
         print(f"starting {', '.join(AIRFLOW_COMPONENTS)} and demo-upstream; logs in {stack.logs}", flush=True)
         stack.start(supervise=True)
         stack.wait_healthy()
+        login = f"{ADMIN_USER} / {stack.admin_password()}" if new_password else f"{ADMIN_USER}, password in"
         print(
             f"\nAirflow is up in {time.monotonic() - t0:.0f}s.\n"
             f"  UI:       {stack.api_url}\n"
-            f"  login:    {ADMIN_USER} / {stack.admin_password()}\n"
-            f"            (password file: {stack.airflow_home / 'simple_auth_manager_passwords.json.generated'})\n"
+            f"  login:    {login}\n"
+            f"            {stack.admin_password_file} (mode 0600)\n"
             f"  demo API: http://127.0.0.1:{demo_port}\n"
             f"  logs:     {stack.logs}  (task logs: {stack.airflow_home / 'logs'})\n"
             "A component that exits is restarted (printed here and in its log); `make status` shows them.\n"
@@ -638,6 +743,33 @@ def stop(timeout: float = 60) -> int:
         embedded.stop()
     SUPERVISOR_PID.unlink()
     print(f"supervisor {pid} was gone; stopped what it left running.")
+    return 0
+
+
+def db_clean(days: int, *, execute: bool) -> int:
+    """`airflow db clean` of what is older than `days`, as the metadata role; a dry run unless `execute`.
+
+    Maintenance run by the operator, not a task: tasks never hold metadata DB credentials. Starts the
+    embedded server if `make run` is not running, and stops it again afterwards.
+    """
+    ensure_private_dir(LOCAL_DIR)
+    role_passwords = load_env_files()
+    embedded_was_running = EmbeddedPostgres(LOCAL_DIR / "pgdata").is_running()
+    databases = choose_database(role_passwords)
+    before = datetime.now(UTC) - timedelta(days=days)
+    command = ["db", "clean", "--clean-before-timestamp", before.isoformat(timespec="seconds")]
+    command += ["--skip-archive", "--yes", "--error-on-cleanup-failure"]
+    if not execute:
+        command.append("--dry-run")
+    print(f"airflow {' '.join(command)}", flush=True)
+    stack = AirflowStack(airflow_home=LOCAL_DIR / "airflow", sql_alchemy_conn=databases.sql_alchemy_conn)
+    try:
+        print(stack.airflow(*command, timeout=DB_CLEAN_TIMEOUT).stdout, flush=True)
+    finally:
+        if databases.embedded is not None and not embedded_was_running:
+            databases.embedded.stop()
+    if not execute:
+        print("dry run: nothing was deleted; add EXECUTE=1 (--execute) to delete.")
     return 0
 
 
@@ -706,14 +838,23 @@ def _health_summary(api_url: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.stack", description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["run", "stop", "status"])
+    parser.add_argument("command", choices=["run", "stop", "status", "db-clean"])
     parser.add_argument(
         "--status-file", type=Path, default=RUN_STATUS_FILE, help="for `status`: the stack to report on"
     )
+    parser.add_argument(
+        "--days",
+        type=int,
+        default=DB_CLEAN_DEFAULT_DAYS,
+        help="for `db-clean`: remove Airflow metadata (runs, task instances, logs, XComs...) older than this",
+    )
+    parser.add_argument("--execute", action="store_true", help="for `db-clean`: delete (default: dry run)")
     args = parser.parse_args(argv)
     try:
         if args.command == "status":
             return status(args.status_file)
+        if args.command == "db-clean":
+            return db_clean(args.days, execute=args.execute)
         return run() if args.command == "run" else stop()
     except StackError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""platform_cleanup: daily retention for what the batch automations and Airflow itself leave behind."""
+"""platform_cleanup: daily retention for what the batch automations leave in the warehouse and on disk."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 import pendulum
-from airflow.sdk import BaseHook, CronTriggerTimetable, Param, Variable, get_current_context, task
+from airflow.sdk import CronTriggerTimetable, Param, Variable, get_current_context, task
 
 from batchkit.dag_factory import dry_run_requested, standard_dag
 from batchkit.observability import get_logger, run_fields
@@ -15,8 +15,6 @@ from batchkit.report import REPORTS_BASE_VARIABLE, report_folder, reports_base
 from batchkit.retention import (
     PARAM_DESCRIPTIONS,
     RetentionPolicy,
-    airflow_db_clean,
-    metadata_db_url,
     purge_report_files,
     purge_warehouse,
     sync_targets,
@@ -24,8 +22,6 @@ from batchkit.retention import (
 from batchkit.taxonomy import Tag
 
 WAREHOUSE_POOL = "warehouse"
-# The metadata DB, granted to this DAG alone: Airflow 3 blocks it for task code (see batchkit.retention).
-METADATA_DB_CONN_ID = "airflow_metadata_db"
 
 DEFAULTS = RetentionPolicy()
 DOC = f"""
@@ -38,17 +34,15 @@ from the run's `run_after`, and logs the count per table (`removed` lines, and t
 |---|---|
 | `purge_warehouse` (pool `warehouse`) | sync staging tables `batch_meta.stg_*` of intervals whose checkpoint was last updated more than `staging_days` [{DEFAULTS.staging_days}] ago (a run that died and was never rerun); rows of `batch_meta.quarantine` [{DEFAULTS.quarantine_days}], `batch_meta.checkpoints` [{DEFAULTS.checkpoint_days}], `batch_meta.side_effects` (the ledger) [{DEFAULTS.ledger_days}], `batch_meta.alert_log` [{DEFAULTS.alert_log_days}] |
 | `purge_report_files` | report files (`<base>/sales_daily/sales_daily_<day>.*`) of days more than `report_file_days` [{DEFAULTS.report_file_days}] back; `<base>` as sales_daily_report resolves it (Variable `{REPORTS_BASE_VARIABLE}`) |
-| `clean_airflow_metadata` | `airflow db clean --clean-before-timestamp <run_after - metadata_days> --skip-archive --yes` [{DEFAULTS.metadata_days}]: dag runs, task instances, logs, XComs, jobs... (the last scheduled run of each DAG is kept by db clean) |
 
-Logic in `plugins/batchkit/retention.py`. `dry_run=true` counts what each step would remove (db clean
-with `--dry-run`) and removes nothing. A ledger row removed means a rerun of that old key would perform
-its action again (e.g. re-send a report older than `ledger_days`).
+Logic in `plugins/batchkit/retention.py`. `dry_run=true` counts what each step would remove and removes
+nothing. A ledger row removed means a rerun of that old key would perform its action again (e.g.
+re-send a report older than `ledger_days`).
 
-`clean_airflow_metadata` runs the `airflow` CLI in a subprocess of the task. Airflow 3 denies task
-processes the metadata DB (the supervisor replaces their `sql_alchemy_conn` with
-`airflow-db-not-allowed:///`), so the command gets the database from connection
-`{METADATA_DB_CONN_ID}` (conn_type postgres: host or socket directory, port, login, password, schema =
-database), which only this DAG uses. The worker must be able to reach that database.
+Airflow's own metadata (dag runs, task instances, logs, XComs...) is not this DAG's job: its tasks hold
+warehouse credentials only, never the metadata DB's. `airflow db clean` is operator maintenance, run as
+the metadata DB's role: `make db-clean [DAYS=30] [EXECUTE=1]` locally, the `airflow-db-clean` service
+under docker compose (docs/operations.md).
 
 ## How to backfill
 Nothing to backfill: each run removes what is old relative to itself, and a later run covers what an
@@ -61,9 +55,6 @@ to the same `run_after`, never more.
 ## Alerts
 - `task_failed` on `purge_warehouse`: the warehouse is unreachable or a retention param is invalid.
 - `task_failed` on `purge_report_files`: the reports location is unreachable.
-- `task_failed` on `clean_airflow_metadata`: `airflow db clean` exited non-zero (its output is in the
-  task log; often a lock timeout while the scheduler is busy), or connection `{METADATA_DB_CONN_ID}` is
-  missing or wrong.
 - `deadline_missed`: the run was not done 1 h after it was queued.
 
 ## Runbook
@@ -91,7 +82,7 @@ with standard_dag(
     max_active_runs=1,
     deadline=timedelta(hours=1),
     doc_md=DOC,
-    description="Daily retention: staging, quarantine, checkpoints, ledger, alert log, report files, Airflow metadata.",
+    description="Daily retention: staging, quarantine, checkpoints, ledger, alert log, report files.",
     params={
         field.name: Param(
             getattr(DEFAULTS, field.name),
@@ -133,20 +124,5 @@ with standard_dag(
         )
         return removed
 
-    @task
-    def clean_airflow_metadata() -> dict[str, int]:
-        context = get_current_context()
-        policy, now = _policy_and_now(context)
-        dry_run = dry_run_requested(context)
-        removed = airflow_db_clean(
-            policy.cutoff("metadata_days", now),
-            dry_run=dry_run,
-            sql_alchemy_conn=metadata_db_url(BaseHook.get_connection(METADATA_DB_CONN_ID)),
-        )
-        for table, count in removed.items():
-            log.info("removed", table=table, rows=count, dry_run=dry_run, **run_fields(context))
-        return removed
-
     purge_warehouse_leftovers()
     purge_old_report_files()
-    clean_airflow_metadata()

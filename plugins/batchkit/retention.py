@@ -15,20 +15,14 @@ What goes, and by which clock:
   age (`ROW_RULES`). A ledger row gone means a rerun of that old key would perform its action again.
 - report files of days more than `report_file_days` before the run (the day in the file name, which
   a rerun does not change, unlike a file's modification time).
-- Airflow's own metadata through `airflow db clean` (dag runs, task instances, logs, XComs, jobs...):
-  the supported tool, which knows the tables, their foreign keys and what must be kept. Airflow 3
-  denies task code the metadata DB: the task supervisor overwrites AIRFLOW__DATABASE__SQL_ALCHEMY_CONN
-  with "airflow-db-not-allowed:///" in every task process (and so in its subprocesses). The command
-  therefore gets the database URL explicitly, from an Airflow connection the deployment grants for this
-  purpose (`metadata_db_url`), instead of inheriting the worker's blocked one.
+
+Airflow's own metadata is not cleaned here: tasks hold only warehouse credentials, never the metadata
+DB's. `airflow db clean` is operator maintenance (`make db-clean`, or docker compose's `airflow-db-clean`
+service), run as the metadata DB's role.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import date, datetime, timedelta
@@ -48,9 +42,6 @@ from batchkit.report import report_day_of
 log = get_logger(__name__)
 
 STAGING_TABLES = "staging_tables"
-DB_CLEAN_TIMEOUT_SECONDS = 1800
-_DB_CLEAN_TABLE = re.compile(r"^Checking table (\S+)$")
-_DB_CLEAN_FOUND = re.compile(r"^Found (\d+) rows meeting deletion criteria\.$")
 
 
 @dataclass(frozen=True)
@@ -63,7 +54,6 @@ class RetentionPolicy:
     ledger_days: int = 400
     alert_log_days: int = 90
     report_file_days: int = 400
-    metadata_days: int = 30
 
     def __post_init__(self) -> None:
         for field in fields(self):
@@ -94,7 +84,6 @@ PARAM_DESCRIPTIONS = {
     "ledger_days": "Delete side-effect ledger rows older than this (an older key would be performed again).",
     "alert_log_days": "Delete alert log rows older than this.",
     "report_file_days": "Delete report files of days further back than this.",
-    "metadata_days": "airflow db clean: purge Airflow metadata (runs, task instances, logs...) older than this.",
 }
 
 
@@ -220,79 +209,6 @@ def purge_report_files(folder: ObjectStoragePath, *, older_than: date, dry_run: 
         log.info("report_file_removed", path=str(path), day=day.isoformat(), dry_run=dry_run)
         removed += 1
     return removed
-
-
-def metadata_db_url(conn: Any) -> str:
-    """The SQLAlchemy URL (psycopg2 driver, as Airflow's own) of a postgres Airflow connection to the
-    metadata DB; a host starting with "/" is a Unix socket directory."""
-    from sqlalchemy.engine import URL
-
-    if conn.conn_type not in ("postgres", "postgresql"):
-        raise ValueError(
-            f"connection {conn.conn_id!r}: expected conn_type 'postgres', got {conn.conn_type!r}"
-        )
-    socket_dir = conn.host if conn.host and conn.host.startswith("/") else None
-    return URL.create(
-        "postgresql+psycopg2",
-        username=conn.login or None,
-        password=conn.password or None,
-        host=None if socket_dir else conn.host,
-        port=conn.port,
-        database=conn.schema,
-        query={"host": socket_dir} if socket_dir else {},
-    ).render_as_string(hide_password=False)
-
-
-def db_clean_command(before: datetime, *, dry_run: bool) -> list[str]:
-    """`airflow db clean` over every table it knows, without archive tables and without prompting."""
-    if before.tzinfo is None:
-        raise ValueError(f"the db clean cutoff must be timezone-aware, got {before!r}")
-    command = [
-        sys.executable, "-m", "airflow", "db", "clean",
-        "--clean-before-timestamp", before.isoformat(),
-        "--skip-archive", "--yes", "--error-on-cleanup-failure",
-    ]  # fmt: skip
-    return [*command, "--dry-run"] if dry_run else command
-
-
-def airflow_db_clean(before: datetime, *, dry_run: bool, sql_alchemy_conn: str) -> dict[str, int]:
-    """Run `airflow db clean` on the metadata DB at `sql_alchemy_conn` in a subprocess; returns the rows it
-    found (and, unless dry, removed) per table. The URL travels in the environment, not on the command
-    line, so it stays out of process listings and logs."""
-    env = {name: value for name, value in os.environ.items() if name != "AIRFLOW__CORE__SQL_ALCHEMY_CONN"}
-    env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = sql_alchemy_conn
-    result = subprocess.run(
-        db_clean_command(before, dry_run=dry_run),
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=DB_CLEAN_TIMEOUT_SECONDS,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(
-            f"airflow db clean exited with {result.returncode}: {(result.stderr or result.stdout)[-2000:]}"
-        )
-    found = parse_db_clean_output(result.stdout)
-    if not found:
-        raise RuntimeError(
-            "airflow db clean succeeded but reported no table: has its output format changed? "
-            f"Output: {result.stdout[-2000:]}"
-        )
-    return found
-
-
-def parse_db_clean_output(stdout: str) -> dict[str, int]:
-    """{table: rows} from db clean's "Checking table T" / "Found N rows meeting deletion criteria." lines."""
-    found: dict[str, int] = {}
-    table = None
-    for line in stdout.splitlines():
-        if match := _DB_CLEAN_TABLE.match(line.strip()):
-            table = match.group(1)
-        elif (match := _DB_CLEAN_FOUND.match(line.strip())) and table is not None:
-            found[table] = int(match.group(1))
-            table = None
-    return found
 
 
 def _table_exists(conn: psycopg.Connection, table: str) -> bool:

@@ -1,5 +1,6 @@
-"""platform_cleanup end to end: dag.test() against the real warehouse, report files on local disk and this
-session's Airflow metadata DB, where `airflow db clean` really runs.
+"""platform_cleanup end to end: dag.test() against the real warehouse (as the restricted warehouse role
+the `warehouse` connection logs in as) and report files on local disk. Airflow's own metadata is not the
+DAG's job (`make db-clean` is maintenance, outside task code): the DAG has no task or connection for it.
 
 Everything is seeded with explicit timestamps one day either side of its retention age, so each
 assertion says exactly which rows, tables, files and dag runs are old. tests/automations/conftest.py
@@ -8,37 +9,30 @@ empties checkpoints, quarantine, the alert log and staging before each test.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pendulum
 import psycopg
 import pytest
+import yaml
 from psycopg.types.json import Jsonb
-from sqlalchemy.engine import make_url
 
 from batchkit.checkpoints import RunIdentity
 from batchkit.intervals import DataInterval
 from batchkit.load.postgres import prepare_staging, stage_rows
 from batchkit.report import REPORT_NAME
-from batchkit.retention import RetentionPolicy, metadata_db_url
+from batchkit.retention import RetentionPolicy
 from batchkit.sql_files import apply_sql_file
 from batchkit.sync_spec import load_spec, spec_path
 from tests.dagrun import parse_dag, returned, run_dag
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CLEANUP_FILE = REPO_ROOT / "dags" / "platform" / "platform_cleanup.py"
-SMOKE_FILE = REPO_ROOT / "dags" / "platform" / "platform_smoke.py"
-CLEANUP_TASKS = ("purge_warehouse", "purge_report_files", "clean_airflow_metadata")
-# Dag runs dag.test() creates start at their logical date: every run of this suite starts in 2026 or
-# later, after METADATA_CUTOFF; the old run is a real run moved back to OLD_RUN_START.
-METADATA_CUTOFF = datetime(2021, 1, 1, tzinfo=UTC)
+CLEANUP_TASKS = ("purge_warehouse", "purge_report_files")
 # What airflow.sdk.execution_time.supervisor.block_orm_access() puts in a task process's environment.
 BLOCKED_METADATA_DB = "airflow-db-not-allowed:///"
-OLD_RUN_START = datetime(2020, 6, 1, 5, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -58,7 +52,6 @@ def ago(now: datetime, days: int, *, margin: int) -> datetime:
 
 @pytest.fixture
 def policy() -> RetentionPolicy:
-    days_to_cutoff = (datetime.now(UTC) - METADATA_CUTOFF).days
     return RetentionPolicy(
         staging_days=7,
         quarantine_days=30,
@@ -66,27 +59,6 @@ def policy() -> RetentionPolicy:
         ledger_days=90,
         alert_log_days=45,
         report_file_days=100,
-        metadata_days=days_to_cutoff,
-    )
-
-
-@pytest.fixture
-def metadata_db_connection(airflow_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Connection `airflow_metadata_db` to this session's metadata DB, as the deployment grants it."""
-    url = make_url(airflow_db)
-    socket_dir = url.query.get("host")
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_AIRFLOW_METADATA_DB",
-        json.dumps(
-            {
-                "conn_type": "postgres",
-                "host": socket_dir or url.host,
-                "port": url.port,
-                "login": url.username,
-                "password": url.password,
-                "schema": url.database,
-            }
-        ),
     )
 
 
@@ -199,37 +171,6 @@ def margins_left(conn: psycopg.Connection) -> dict[str, list[str]]:
     }
 
 
-def dag_run_start(run_id: str) -> datetime | None:
-    """The run's start_date, or None once the run is gone; also fails if its task instances outlived it."""
-    from airflow.models.dagrun import DagRun
-    from airflow.models.taskinstance import TaskInstance
-    from airflow.utils.session import create_session
-    from sqlalchemy import func, select
-
-    with create_session() as session:
-        start = session.scalar(select(DagRun.start_date).where(DagRun.run_id == run_id))
-        task_instances = session.scalar(select(func.count()).where(TaskInstance.run_id == run_id))
-    assert (start is None) == (task_instances == 0), f"{run_id}: dag run and task instances disagree"
-    return start
-
-
-def smoke_runs() -> tuple[str, str]:
-    """(old, recent) run ids: two real runs of platform_smoke, the first then dated back to OLD_RUN_START
-    (the run and its task instances), as if it had run in 2020."""
-    from airflow.models.dagrun import DagRun
-    from airflow.models.taskinstance import TaskInstance
-    from airflow.utils.session import create_session
-    from sqlalchemy import update
-
-    smoke = parse_dag(SMOKE_FILE, "platform_smoke")
-    old, recent = (run_dag(smoke, pendulum.datetime(2026, 6, day, 5, tz="UTC")).run_id for day in (1, 2))
-    dated_back = {"start_date": OLD_RUN_START, "end_date": OLD_RUN_START + timedelta(minutes=1)}
-    with create_session() as session:
-        session.execute(update(DagRun).where(DagRun.run_id == old).values(**dated_back))
-        session.execute(update(TaskInstance).where(TaskInstance.run_id == old).values(**dated_back))
-    return old, recent
-
-
 def run_cleanup(policy: RetentionPolicy, *, dry_run: bool) -> Any:
     """One run of platform_cleanup, with the metadata DB denied to its tasks' environment exactly as
     Airflow's task supervisor denies it to a worker's task process (dag.test() runs tasks in-process,
@@ -257,42 +198,22 @@ def test_retention_params_are_checked_by_name() -> None:
     assert RetentionPolicy.from_params({"ledger_days": 12, "dry_run": True}).ledger_days == 12
 
 
-def test_the_metadata_db_url_comes_from_a_postgres_connection() -> None:
-    from airflow.sdk import Connection
-
-    tcp = make_url(
-        metadata_db_url(
-            Connection(
-                conn_id="meta",
-                conn_type="postgres",
-                host="db",
-                port=5433,
-                login="af",
-                password="p@ss/w",
-                schema="airflow",
-            )
-        )
-    )
-    assert (tcp.drivername, tcp.host, tcp.port, tcp.username, tcp.password, tcp.database) == (
-        "postgresql+psycopg2", "db", 5433, "af", "p@ss/w", "airflow"
-    )  # fmt: skip
-    socket = make_url(
-        metadata_db_url(Connection(conn_id="meta", conn_type="postgres", host="/run/pg", schema="airflow"))
-    )
-    assert (socket.host, socket.query["host"], socket.database) == (None, "/run/pg", "airflow")
-    with pytest.raises(ValueError, match=r"connection 'meta': expected conn_type 'postgres', got 'http'"):
-        metadata_db_url(Connection(conn_id="meta", conn_type="http", host="db"))
+def test_the_dag_holds_no_metadata_db_access() -> None:
+    """No task cleans Airflow's metadata and no connection of the settings file reaches its database."""
+    dag = parse_dag(CLEANUP_FILE, "platform_cleanup")
+    assert set(dag.task_ids) == set(CLEANUP_TASKS)
+    assert "metadata_days" not in dag.params
+    settings = yaml.safe_load((REPO_ROOT / "airflow_settings.yaml").read_text())["airflow"]
+    assert [c["conn_id"] for c in settings["connections"] if c["conn_type"] == "postgres"] == ["warehouse"]
 
 
 @pytest.mark.slow
 def test_cleanup_removes_exactly_what_is_old_and_a_dry_run_nothing(
-    policy: RetentionPolicy, warehouse: psycopg.Connection, reports_dir: Path, metadata_db_connection: None
+    policy: RetentionPolicy, warehouse: psycopg.Connection, reports_dir: Path
 ) -> None:
     now = datetime.now(UTC)
     seeded = seed_warehouse(warehouse, policy, now)
     old_files, kept_files = seed_report_files(reports_dir / REPORT_NAME, policy, now.date())
-    old_run, recent_run = smoke_runs()
-    assert dag_run_start(old_run) < METADATA_CUTOFF < dag_run_start(recent_run)
     all_staging = seeded.old_staging + seeded.kept_staging
     before = (checkpoints(warehouse), margins_left(warehouse))
     assert before[0] == seeded.checkpoints_kept | seeded.checkpoints_removed
@@ -309,11 +230,9 @@ def test_cleanup_removes_exactly_what_is_old_and_a_dry_run_nothing(
 
     assert returned(dry, "purge_warehouse") == expected_warehouse
     assert returned(dry, "purge_report_files") == {(reports_dir / REPORT_NAME).as_uri(): len(old_files)}
-    assert returned(dry, "clean_airflow_metadata")["dag_run"] == 1
     assert existing_tables(warehouse, all_staging) == set(all_staging)
     assert (checkpoints(warehouse), margins_left(warehouse)) == before
     assert {p.name for p in (reports_dir / REPORT_NAME).iterdir()} == old_files | kept_files
-    assert dag_run_start(old_run) is not None
 
     real = run_cleanup(policy, dry_run=False)
 
@@ -322,6 +241,3 @@ def test_cleanup_removes_exactly_what_is_old_and_a_dry_run_nothing(
     assert checkpoints(warehouse) == seeded.checkpoints_kept
     assert margins_left(warehouse) == {"quarantine": ["-1"], "side_effects": ["-1"], "alert_log": ["-1"]}
     assert {p.name for p in (reports_dir / REPORT_NAME).iterdir()} == kept_files
-    assert returned(real, "clean_airflow_metadata")["dag_run"] == 1
-    assert dag_run_start(old_run) is None
-    assert dag_run_start(recent_run) is not None

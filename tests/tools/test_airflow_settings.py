@@ -27,19 +27,14 @@ REPO_SETTINGS = REPO_ROOT / "airflow_settings.yaml"
 REPO_ENV = {
     "WAREHOUSE_HOST": "127.0.0.1",
     "WAREHOUSE_PORT": "5432",
-    "WAREHOUSE_USER": "etl",
+    "WAREHOUSE_USER": "warehouse_rw",
     "WAREHOUSE_PASSWORD": "warehouse-test-password",
     "WAREHOUSE_DB": "warehouse",
-    "METADATA_DB_HOST": "127.0.0.1",
-    "METADATA_DB_PORT": "5432",
-    "METADATA_DB_USER": "airflow",
-    "METADATA_DB_PASSWORD": "metadata-test-password",
-    "METADATA_DB_NAME": "airflow",
     "DEMO_API_URL": "http://127.0.0.1:8081",
     "DEMO_API_TOKEN": "demo-test-token",
 }
 REPO_IDS = {
-    "connection": ("conn_id", ["warehouse", "airflow_metadata_db", "demo_api", "alerts_webhook"]),
+    "connection": ("conn_id", ["warehouse", "demo_api", "alerts_webhook"]),
     "slot_pool": ("pool", ["demo_api", "warehouse"]),
     "variable": ("key", ["batch_alert_dedup_minutes"]),
 }
@@ -83,7 +78,7 @@ def test_repo_file_resolves_from_the_environment() -> None:
         "conn_type": "postgres",
         "host": "127.0.0.1",
         "schema": "warehouse",
-        "login": "etl",
+        "login": "warehouse_rw",
         "password": None,  # ${WAREHOUSE_PASSWORD:-} with an empty value: no password (trust auth)
         "port": 5432,
         "extra": None,
@@ -408,7 +403,7 @@ def test_apply_creates_the_rows_and_a_second_apply_changes_nothing(metadata_db: 
         "postgres",
         "127.0.0.1",
         5432,
-        "etl",
+        "warehouse_rw",
         "warehouse-test-password",
         {},
     )
