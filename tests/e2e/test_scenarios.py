@@ -10,6 +10,7 @@ so the tests share the stack without sharing data.
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
 import time
 from collections.abc import Iterator
@@ -37,10 +38,13 @@ ORDERS_SYNC = "sales_orders_sync"
 CUSTOMERS_SYNC = "crm_customers_sync"
 # crm_customers_sync with two quick retries (tests/fixtures/dags_ops/crm_customers_retry_probe.yaml).
 RETRY_PROBE = "crm_customers_retry_probe"
+PROBE_PATH = "/v1/offset/customers"
 DEADLINE_PROBE = "deadline_overrun_probe"
 REPORT = "sales_daily_report"
 VOLUMES = Volumes(orders=DEFAULT_PER_DAY["orders"], customers=DEFAULT_PER_DAY["customers"])
 POOLS = {"demo_api": 2, "warehouse": 4}
+# The alert webhook's secret path (as a Slack incoming webhook's), kept in the connection's password.
+WEBHOOK_SECRET_PATH = f"/alerts/T0/B0/{secrets.token_hex(16)}"
 RUN_TIMEOUT = 120
 
 pytestmark = pytest.mark.e2e
@@ -76,7 +80,7 @@ def live(start_module_stack, dags_folder: Path, upstream: Upstream) -> Live:
         extra_env={
             "AIRFLOW_CONN_DEMO_API": upstream.connection_json(),
             "AIRFLOW_CONN_ALERTS_WEBHOOK": json.dumps(
-                {"conn_type": "http", "host": f"{upstream.url}/alerts"}
+                {"conn_type": "http", "host": upstream.url, "password": WEBHOOK_SECRET_PATH}
             ),
         },
     )
@@ -183,14 +187,17 @@ def test_failure_past_retries_alerts_once_and_clearing_reruns_it(
     live: Live, api: AirflowApi, warehouse: psycopg.Connection
 ) -> None:
     upstream = live.upstream
-    # The probe's first scheduled run must not meet the fault: only the interval triggered here fails.
+    # The probe's first scheduled run (created when the fixture unpaused it) must be over before the
+    # fault: only the interval triggered here may fail.
     wait_for(
-        lambda: unfinished_runs(api, RETRY_PROBE) == [], timeout=RUN_TIMEOUT, what="no probe run in flight"
+        lambda: api.dag_runs(RETRY_PROBE) and unfinished_runs(api, RETRY_PROBE) == [],
+        timeout=RUN_TIMEOUT,
+        what="the probe's scheduled run done, none in flight",
     )
     upstream.reset()
-    # 503 with Retry-After: 0, so every in-task retry is immediate and each try fails within seconds.
+    # 503 with Retry-After: 0, so in-task retries wait only their short backoff and each try fails fast.
     upstream.set_faults(
-        {"kind": "status", "status": 503, "path": "/v1/customers", "times": None, "retry_after": 0}
+        {"kind": "status", "status": 503, "path": PROBE_PATH, "times": None, "retry_after": 0}
     )
     run_id = api.trigger(RETRY_PROBE, logical_date="2026-06-01T01:30:00Z")["dag_run_id"]
 
@@ -211,7 +218,7 @@ def test_failure_past_retries_alerts_once_and_clearing_reruns_it(
     assert "503" in alert["error"]
     # Every try made the full number of attempts the probe's YAML allows, and no more.
     attempts = load_spec(FIXTURES / f"{RETRY_PROBE}.yaml").source.retry.max_attempts
-    assert upstream.requests_to("/v1/customers") == 3 * attempts
+    assert upstream.requests_to(PROBE_PATH) == 3 * attempts
 
     upstream.set_faults()
     clear = {"dag_run_id": run_id, "only_failed": True, "include_downstream": True, "reset_dag_runs": True}
@@ -231,6 +238,35 @@ def test_failure_past_retries_alerts_once_and_clearing_reruns_it(
         expected, "customer_id"
     )
     assert len(task_failed_alerts(upstream, RETRY_PROBE)) == 1
+
+
+def test_no_secret_reaches_a_task_log_an_alert_or_the_alert_log(
+    live: Live, warehouse: psycopg.Connection
+) -> None:
+    """After the failing sync above alerted: the source token, the webhook's secret path and the
+    warehouse password appear in no task or component log, no alert payload and no alert_log row."""
+    known_secrets = {
+        "source token": live.upstream.token,
+        "webhook secret path": WEBHOOK_SECRET_PATH,
+        **({"warehouse password": password} if (password := warehouse.info.password) else {}),
+    }
+    alerts = live.upstream.alerts()
+    # Alerts reach the inbox only through the secret path: the connection's host has no path.
+    assert task_failed_alerts(live.upstream, RETRY_PROBE), "the failure alert never arrived"
+    logs = [
+        path
+        for path in live.stack.airflow_home.rglob("*")
+        if path.is_file() and path.suffix in (".log", ".json")
+    ]
+    logs += list(live.stack.logs.glob("*.log"))
+    assert any("task_id=extract_stage" in str(path) for path in logs), "no task log of the failed sync"
+    alert_log = warehouse.execute("SELECT payload::text FROM batch_meta.alert_log").fetchall()
+
+    for name, secret in known_secrets.items():
+        for path in logs:
+            assert secret not in path.read_text(errors="replace"), f"{name} found in {path}"
+        assert secret not in json.dumps(alerts), f"{name} found in an alert payload"
+        assert not [row for (row,) in alert_log if secret in row], f"{name} found in batch_meta.alert_log"
 
 
 def test_report_runs_after_both_syncs_update_their_assets(api: AirflowApi) -> None:
