@@ -13,4 +13,4 @@ RUN pip install --no-cache-dir \
 
 # An empty named volume takes the ownership of the directory it is mounted on: these must exist in the
 # image, owned by the airflow user, or the components cannot write task logs / the generated password.
-RUN mkdir -p /opt/airflow/logs /opt/airflow/auth
+RUN mkdir -p /opt/airflow/logs /opt/airflow/auth /opt/airflow/reports

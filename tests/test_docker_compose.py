@@ -750,3 +750,59 @@ def test_every_airflow_service_refuses_placeholders_before_starting() -> None:
     assert PLACEHOLDER not in refused.stderr.splitlines()[-1], "the guard must name variables, not values"
     started = run({"AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(16)})
     assert (started.returncode, started.stdout.strip()) == (0, "started"), started
+
+
+# --- report files and deliveries (batchkit.report) ---------------------------------------------------
+
+REPORTS_BASE_ENV = "REPORTS_BASE_PATH"
+# Services that run tasks (render writes the files): LocalExecutor in the scheduler, Celery workers.
+RUNS_TASKS = (("scheduler",), ("celery", "worker"))
+
+
+def test_report_files_go_to_one_writable_volume_every_task_runner_mounts() -> None:
+    volumes = set()
+    for command in RUNS_TASKS:
+        name = service_named_by(command)
+        service = services()[name]
+        base = literal_text(environment(service).get(REPORTS_BASE_ENV, ""))
+        assert base.startswith("file:///"), (
+            f"service {name}: {REPORTS_BASE_ENV} default {base!r} is not a file:// URL"
+        )
+        folder = urlsplit(base).path.rstrip("/")
+        source = mounts(service).get(folder)
+        assert source, (
+            f"service {name}: nothing mounted at {folder}, report files would die with the container"
+        )
+        assert not source.startswith(("./", "/")), f"service {name}: {folder} is a bind mount, not a volume"
+        read_only = [v for v in service["volumes"] if v.split(":")[1] == folder and v.endswith(":ro")]
+        assert not read_only, f"service {name}: {folder} is mounted read-only"
+        volumes.add(source)
+    assert len(volumes) == 1, f"task runners write reports to different volumes: {sorted(volumes)}"
+
+
+def test_named_volumes_under_airflow_home_exist_in_the_image() -> None:
+    """An empty named volume takes the ownership of the directory it is mounted on: one the image lacks is
+    created root-owned, and the airflow user cannot write to it (logs, the password file, reports)."""
+    created = {
+        path
+        for line in DOCKERFILE.read_text().splitlines()
+        if "mkdir" in line
+        for path in line.split()
+        if path.startswith(AIRFLOW_HOME_IN_IMAGE + "/")
+    }
+    declared = set(compose().get("volumes") or {})
+    for name, service in airflow_services().items():
+        for target, source in mounts(service).items():
+            if source in declared and target.startswith(AIRFLOW_HOME_IN_IMAGE + "/"):
+                assert target in created, (
+                    f"service {name}: volume {source} at {target}, which the Dockerfile does not create "
+                    f"(add it to `RUN mkdir -p ...`)"
+                )
+
+
+def test_reports_are_delivered_to_their_own_inbox_not_the_alerts_one() -> None:
+    init = environment(services()["airflow-init"])
+    reports, alerts = literal_text(init["REPORTS_WEBHOOK_URL"]), literal_text(init["ALERTS_WEBHOOK_URL"])
+    assert urlsplit(reports).path == "/reports", reports
+    assert reports != alerts
+    assert urlsplit(reports).hostname in services(), f"{reports}: not a compose service"

@@ -63,6 +63,10 @@ class Upstream:
         """The alerts POSTed to this server's /alerts inbox, oldest first."""
         return self._control("GET", "/alerts")["alerts"]
 
+    def reports(self) -> list[Any]:
+        """The report deliveries POSTed to this server's /reports inbox, oldest first."""
+        return self._control("GET", "/reports")["reports"]
+
     def page_requests(self, path: str) -> dict[int, int]:
         """How many requests each page position of `path` received."""
         return {int(page): n for page, n in self.stats()["pages"].get(path, {}).items()}

@@ -20,9 +20,11 @@ Control:
     POST /_faults   {"rules": [...]} replaces the fault plan (see FaultRule); GET /_faults shows it
     GET  /_stats    request counts per path and per (path, page position), TCP connections accepted
     POST /_reset    clears faults and stats
-Alert inbox (the default `alerts_webhook` target of `make run`, so alerts are visible offline):
+Inboxes (the default `alerts_webhook` and `reports_webhook` targets of `make run` and compose, so alerts
+and report deliveries are visible offline), one per path, never mixed:
     POST /alerts    stores the JSON body, no token (a webhook receiver; also POST /alerts/<secret path>);
                     GET /alerts lists them (token)
+    POST /reports   the same for report deliveries; GET /reports lists them (token)
 Faults are count-based, so a test knows exactly which request fails. A rule matches a data path
 (`path`, any if omitted) and a page position (`page`, 1-based in the result, any if omitted): page
 number for page/link styles, offset // limit + 1 for offset/cursor.
@@ -529,6 +531,7 @@ class DemoServer(ThreadingHTTPServer):
         self.faults = Faults()
         self.stats = Stats()
         self.alerts: list[Any] = []
+        self.reports: list[Any] = []
         self.alerts_lock = threading.Lock()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -584,9 +587,9 @@ class Handler(BaseHTTPRequestHandler):
             self._send_json(200, self.server.stats.snapshot())
         elif path == "/_faults":
             self._send_json(200, {"rules": self.server.faults.describe()})
-        elif path == "/alerts":
+        elif path in INBOXES:
             with self.server.alerts_lock:
-                self._send_json(200, {"alerts": list(self.server.alerts)})
+                self._send_json(200, {path[1:]: list(getattr(self.server, path[1:]))})
         elif invalid is not None:
             raise invalid
         elif query is None:
@@ -597,8 +600,9 @@ class Handler(BaseHTTPRequestHandler):
     def _post(self, path: str, raw_query: str) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         # `/alerts/<secret path>` too: a webhook whose secret is its path, as Slack's are.
-        if path == "/alerts" or path.startswith("/alerts/"):
-            self._receive_alert(body)
+        inbox = _inbox(path)
+        if inbox is not None:
+            self._receive(inbox, body)
             return
         self._authorize()
         if path == "/_faults":
@@ -615,14 +619,15 @@ class Handler(BaseHTTPRequestHandler):
         else:
             raise RequestError(404, f"no such path: {path}")
 
-    def _receive_alert(self, body: bytes) -> None:
+    def _receive(self, inbox: str, body: bytes) -> None:
+        what = INBOXES[inbox]
         try:
-            alert = json.loads(body)
+            document = json.loads(body)
         except json.JSONDecodeError as error:
-            raise RequestError(400, f"an alert must be a JSON document: {error}") from None
+            raise RequestError(400, f"{inbox}: the body must be a JSON document: {error}") from None
         with self.server.alerts_lock:
-            self.server.alerts.append(alert)
-        print(f"alert received: {json.dumps(alert)[:500]}", file=sys.stderr, flush=True)
+            getattr(self.server, inbox[1:]).append(document)
+        print(f"{what} received: {json.dumps(document)[:500]}", file=sys.stderr, flush=True)
         self._send_json(200, {"status": "received"})
 
     def _authorize(self) -> None:
@@ -672,6 +677,18 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if body:
             self.wfile.write(body)
+
+
+# Inbox path -> what it receives (in messages). The DemoServer attribute is the path without its slash.
+INBOXES = {"/alerts": "alert", "/reports": "report"}
+
+
+def _inbox(path: str) -> str | None:
+    """The inbox a POST to `path` lands in: `/alerts`, `/alerts/<secret path>`, `/reports`, ..."""
+    for inbox in INBOXES:
+        if path == inbox or path.startswith(inbox + "/"):
+            return inbox
+    return None
 
 
 def _route(path: str) -> tuple[str, str] | None:

@@ -662,6 +662,11 @@ def run() -> int:
         **databases.warehouse,
         "DEMO_API_URL": os.environ.get("DEMO_API_URL", f"http://127.0.0.1:{demo_port}"),
         "ALERTS_WEBHOOK_URL": os.environ.get("ALERTS_WEBHOOK_URL", f"http://127.0.0.1:{demo_port}/alerts"),
+        # Reports go to their own inbox, never the alerts one; the files under .local/airflow/reports.
+        "REPORTS_WEBHOOK_URL": os.environ.get("REPORTS_WEBHOOK_URL", f"http://127.0.0.1:{demo_port}/reports"),
+        "REPORTS_BASE_PATH": os.environ.get(
+            "REPORTS_BASE_PATH", f"file://{(LOCAL_DIR / 'airflow' / 'reports').resolve()}"
+        ),
     }
     stack = AirflowStack(
         airflow_home=LOCAL_DIR / "airflow",

@@ -7,21 +7,32 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 import pendulum
-from airflow.sdk import Param, Variable, get_current_context, task
+from airflow.sdk import Param, get_current_context, task
 
+from batchkit.alert_channels import REPORTS_SLACK_CONN_ID, REPORTS_WEBHOOK_CONN_ID
 from batchkit.assets import table_asset
 from batchkit.dag_factory import dry_run_requested, standard_dag
 from batchkit.observability import get_logger, run_fields
 from batchkit.report import (
     REPORT_DAY_PARAM,
+    REPORTS_BASE_ENV,
     REPORTS_BASE_VARIABLE,
+    REPORTS_CONN_ENV,
+    REPORTS_CONN_VARIABLE,
+    REPORTS_PUBLIC_URL_ENV,
+    REPORTS_PUBLIC_URL_VARIABLE,
+    TREND_DAYS,
     DailySales,
+    DayTotals,
     compute_daily_sales,
+    configured_public_url,
+    configured_reports_base,
     deliver_report,
+    file_url,
+    read_trend,
     replace_daily_sales,
     report_days,
     report_files,
-    reports_base,
     write_report_files,
 )
 from batchkit.taxonomy import Tag
@@ -29,7 +40,6 @@ from batchkit.taxonomy import Tag
 ORDERS = table_asset("sales.orders")
 CUSTOMERS = table_asset("crm.customers")
 WAREHOUSE_POOL = "warehouse"
-WEBHOOK_CONN_ID = "alerts_webhook"
 FORCE_RESEND_PARAM = "force_resend"
 
 log = get_logger(__name__)
@@ -37,20 +47,29 @@ log = get_logger(__name__)
 DOC = f"""
 # sales_daily_report
 
-Daily sales per customer country (orders, revenue, distinct customers) for each UTC day, as a table,
-a CSV and an HTML page, sent once to a webhook.
+Daily sales per customer country (orders, revenue, distinct customers) for each UTC day: a table, a CSV
+and a standalone HTML page with the {TREND_DAYS}-day trend, announced once on the reports channel.
 
 | | |
 |---|---|
 | **Inputs** | `sales.orders` (orders placed that day by `order_ts`, cancelled ones excluded) and `crm.customers` (the customer's country; `unknown` when the customer is missing) — SQL in `include/sql/reports/daily_sales_aggregate.sql` |
-| **Outputs** | `reports.daily_sales` (one row per day and country, the day's rows replaced in one transaction); `<base>/sales_daily/sales_daily_<day>.csv` and `.html`; one JSON POST per day to connection `{WEBHOOK_CONN_ID}` |
+| **Outputs** | `reports.daily_sales` (one row per day and country, the day's rows replaced in one transaction); `<base>/sales_daily/sales_daily_<day>.csv` (one row per country) and `.html` (totals with day-over-day change, a chart of the last {TREND_DAYS} days' orders and revenue, the country table and a day-by-day table; CSS and chart inline, the file stands alone); one JSON POST per day to connection `{REPORTS_WEBHOOK_CONN_ID}` (plus a Slack message on `{REPORTS_SLACK_CONN_ID}` when it has a token) with the numbers, a one-line summary and a link to the HTML — never to an alerts connection |
 | **Schedule** | when both Assets `{ORDERS.uri}` and `{CUSTOMERS.uri}` were updated since the last run (the syncs emit them after their checks) |
 | **Owner** | sales-data |
 
-`<base>` is the Airflow Variable `{REPORTS_BASE_VARIABLE}` (any ObjectStoragePath URL, e.g.
-`s3://aws_conn@bucket/reports`; `AIRFLOW_VAR_{REPORTS_BASE_VARIABLE.upper()}` works too), read when the
-task runs; without it, `file://$AIRFLOW_HOME/reports`. File names depend on the day only: a rerun
+`<base>`, read when the task runs (never at parse time), is the first of: Variable
+`{REPORTS_BASE_VARIABLE}` (or `AIRFLOW_VAR_{REPORTS_BASE_VARIABLE.upper()}`), env `{REPORTS_BASE_ENV}`,
+`file://$AIRFLOW_HOME/reports`. Any ObjectStoragePath URL: `file:///srv/reports`, or S3-compatible
+`s3://bucket/prefix` with the connection in Variable `{REPORTS_CONN_VARIABLE}` / env `{REPORTS_CONN_ENV}`
+(an `aws` connection; `endpoint_url` in its extra for MinIO and the like) or written as
+`s3://conn_id@bucket/prefix` — this needs `apache-airflow-providers-amazon` with `s3fs`, which the
+lock does not include yet. `make run` writes to `.local/airflow/reports`; compose to the
+`airflow-reports` volume at `/opt/airflow/reports`. File names depend on the day only: a rerun
 overwrites them.
+
+The message links to the HTML: under Variable `{REPORTS_PUBLIC_URL_VARIABLE}` / env
+`{REPORTS_PUBLIC_URL_ENV}` when set (the browsable URL of `<base>`), else its `s3://` / `http(s)://`
+URL, and for local files the path on the machine that ran `render`.
 
 **Which days a run reports** (task `report_days`, first rule that applies):
 1. the `{REPORT_DAY_PARAM}` param (`YYYY-MM-DD`): that day only;
@@ -61,16 +80,19 @@ overwrites them.
    or before the moment it was triggered.
 Orders drive the days; customers only have to be fresh (the schedule waits for both).
 
-Tasks: `report_days` -> `aggregate` (pool `warehouse`) -> `render` (files) -> `deliver` (pool
-`warehouse`: the ledger holds its row lock while posting). `dry_run=true` computes and logs the rows,
-the file paths and whether each day would be sent, and writes and sends nothing.
+Tasks: `report_days` -> `aggregate` (pool `warehouse`; also reads the previous {TREND_DAYS - 1} days'
+totals from `reports.daily_sales` for the trend — a day never reported shows as "no report") ->
+`render` (files) -> `deliver` (pool `warehouse`: the ledger holds its row lock while posting).
+`dry_run=true` computes and logs the rows, the trend, the file paths and whether each day would be
+sent, and writes and sends nothing.
 
 ## How to backfill
 The DAG runs on Assets, so `airflow backfill` does not apply: trigger one run per day with
 `{{"{REPORT_DAY_PARAM}": "YYYY-MM-DD"}}` (UI: *Trigger* with config; CLI:
 `airflow dags trigger sales_daily_report -c '{{"{REPORT_DAY_PARAM}": "2026-03-01"}}'`). A backfill of a
 sync DAG triggers this DAG by itself and reports the days it reloaded. Days already sent are not sent
-again unless `{FORCE_RESEND_PARAM}` is true.
+again unless `{FORCE_RESEND_PARAM}` is true. Backfill oldest first: each day's trend reads the days
+before it from `reports.daily_sales`.
 
 ## How to rerun
 Clear the run (or the failed task with downstream). `aggregate` replaces the day's rows, `render`
@@ -81,17 +103,28 @@ overwrites the files, `deliver` skips every day the ledger (`batch_meta.side_eff
 ## Alerts
 - `task_failed` on `aggregate`: the warehouse is unreachable or a source table is missing.
 - `task_failed` on `render`: the reports location is unreachable or not writable.
-- `task_failed` on `deliver`: the webhook refused or timed out on every retry; nothing was marked sent.
+- `task_failed` on `deliver`: the reports webhook refused or timed out on every retry, or connection
+  `{REPORTS_WEBHOOK_CONN_ID}` is missing or points at the alerts webhook (refused on purpose: reports
+  never go to the alerts channel); nothing was marked sent.
 - `deadline_missed`: the run was not done 30 min after it was queued (pool `warehouse` full, or the
   webhook hanging).
 
 ## Runbook
-- `deliver` failed: check connection `{WEBHOOK_CONN_ID}` and the receiver; `last_error` on the day's
-  ledger row says what happened. Clear `deliver`: it sends the days not yet sent, once.
+- Where is the report? The `render` log line `report_files` and the delivery message give its URL or
+  path. `make run`: `.local/airflow/reports/sales_daily/`; compose: `docker compose cp
+  airflow-scheduler:/opt/airflow/reports ./reports` (with Celery, from `airflow-worker`); S3: the
+  bucket under `{REPORTS_BASE_VARIABLE}`.
+- `deliver` failed: check connection `{REPORTS_WEBHOOK_CONN_ID}` (its own URL, not the alerts one) and
+  the receiver; `last_error` on the day's ledger row says what happened. Clear `deliver`: it sends the
+  days not yet sent, once. `make run` and compose point it at the demo upstream's inbox
+  (`GET /reports` with the demo token lists what arrived).
 - Numbers wrong because a sync loaded late or was corrected: trigger with `{REPORT_DAY_PARAM}` and, to
-  notify again, `{FORCE_RESEND_PARAM}=true`.
-- `render` failed: fix Variable `{REPORTS_BASE_VARIABLE}` (or its storage connection), clear `render`
-  with downstream.
+  notify again, `{FORCE_RESEND_PARAM}=true`. Later days' trend charts pick the corrected total up
+  only when they are rendered again.
+- `render` failed: fix Variable `{REPORTS_BASE_VARIABLE}` / env `{REPORTS_BASE_ENV}` (or the storage
+  connection, or the volume's permissions), clear `render` with downstream.
+- Trend shows "no report" for a day: that day was never aggregated; trigger it with
+  `{REPORT_DAY_PARAM}`, then rerun the later day.
 - Orders under country `unknown`: their customers are not in `crm.customers` yet; check
   `crm_customers_sync`, then rerun the day.
 """
@@ -123,7 +156,7 @@ with standard_dag(
     max_active_runs=1,
     deadline=timedelta(minutes=30),
     doc_md=DOC,
-    description="Daily sales by country from sales.orders and crm.customers: table, CSV, HTML, webhook.",
+    description="Daily sales by country from sales.orders and crm.customers: table, CSV, HTML with trend chart, reports channel.",
     params={
         REPORT_DAY_PARAM: Param(
             None,
@@ -160,22 +193,24 @@ with standard_dag(
                     if dry_run
                     else replace_daily_sales(conn, day, run_id=context["run_id"])
                 )
+                trend = read_trend(conn, sales)
                 log.info("daily_sales", dry_run=dry_run, **sales.to_json(), **run_fields(context))
-                reports.append(sales.to_json())
+                reports.append({**sales.to_json(), "trend": [point.to_json() for point in trend]})
         return reports
 
     @task
     def render(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
         context = get_current_context()
         dry_run = dry_run_requested(context)
-        base = reports_base(Variable.get(REPORTS_BASE_VARIABLE, default=None))
+        base = configured_reports_base()
         rendered = []
         for document in reports:
             sales = DailySales.from_json(document)
+            trend = [DayTotals.from_json(point) for point in document["trend"]]
             if dry_run:
-                files = {fmt: str(path) for fmt, path in report_files(base, sales.day).items()}
+                files = {fmt: file_url(path) for fmt, path in report_files(base, sales.day).items()}
             else:
-                files = write_report_files(base, sales)
+                files = write_report_files(base, sales, trend)
             log.info("report_files", day=document["day"], files=files, dry_run=dry_run, **run_fields(context))
             rendered.append({**document, "files": files})
         return rendered
@@ -184,6 +219,7 @@ with standard_dag(
     def deliver(rendered: list[dict[str, Any]]) -> list[dict[str, Any]]:
         context = get_current_context()
         dry_run = dry_run_requested(context)
+        public_base = configured_public_url()
         outcomes = []
         with _warehouse() as conn:
             for document in rendered:
@@ -191,7 +227,8 @@ with standard_dag(
                     conn,
                     DailySales.from_json(document),
                     document["files"],
-                    http_conn_id=WEBHOOK_CONN_ID,
+                    trend=[DayTotals.from_json(point) for point in document["trend"]],
+                    public_base=public_base,
                     force=context["params"][FORCE_RESEND_PARAM],
                     dry_run=dry_run,
                 )

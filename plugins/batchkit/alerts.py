@@ -1,15 +1,18 @@
 """Alerts: a task's final failure (deduplicated) and a missed DAG-run deadline, as one payload shape.
 
-Both go out through the provider notifiers: HttpNotifier (JSON POST to the `alerts_webhook` connection)
-always, SmtpNotifier as well when the route names recipients. Task failures run `on_failure_callback`
-in the task's own process; deadline callbacks run in the triggerer (async, so this module lives in
-plugins/, importable there).
+They go out on the channels of the DAG's route (batchkit.alert_channels): the pager webhook (JSON,
+HttpNotifier), Slack (Block Kit, SlackWebhookNotifier) and email (SmtpNotifier), picked by the DAG's
+tier tag from alert_channels.TIER_CHANNELS. A channel whose connection is not configured is skipped
+with a warning; with none configured the alert falls back to the pager webhook. Task failures run
+`on_failure_callback` in the task's own process; deadline callbacks run in the triggerer (async, so
+this module lives in plugins/, importable there).
 
 Every alert takes one path, send_logged, in this order:
 
 1. Gate, then send. When the warehouse answers (connect timeout WAREHOUSE_CONNECT_TIMEOUT_SECONDS),
    gate_and_send decides under an advisory lock per (kind, dag_id, task_id): silenced, a duplicate
-   within the dedup window, or sent (send_unless_recent is its yes/no form). The send happens inside that transaction and the decision's row in
+   within the dedup window (same kind, DAG, task and error signature: see error_signature), or sent
+   (send_unless_recent is its yes/no form). The send happens inside that transaction and the decision's row in
    batch_meta.alert_log commits with it, so concurrent failures produce exactly one alert.
 2. Or fall back to sending without dedup. When the warehouse cannot be reached (or fails before the
    send), the alert is sent anyway: nobody is told about an outage by an alert that waits for the
@@ -35,8 +38,8 @@ parse time, so provider hooks and notifiers are imported where they are used.
 from __future__ import annotations
 
 import asyncio
-import html
 import json
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -48,6 +51,20 @@ import psycopg
 from airflow.sdk import BaseNotifier, TaskInstanceState, conf
 from psycopg.types.json import Jsonb
 
+from batchkit.alert_channels import (
+    DEFAULT_SLACK_CONN_ID,
+    DEFAULT_SMTP_CONN_ID,
+    DEFAULT_WEBHOOK_CONN_ID,
+    EMAIL,
+    PAGER,
+    SLACK,
+    ChannelTarget,
+    channels_for_tier,
+    deliver_to,
+    email_recipients,
+    read_connection,
+    unconfigured_reason,
+)
 from batchkit.observability import get_logger
 from batchkit.sql_files import apply_sql_file
 
@@ -56,11 +73,9 @@ if TYPE_CHECKING:
 
 ALERT_LOG_DDL = "sql/batch_meta/alert_log.sql"
 ALERT_SILENCES_DDL = "sql/batch_meta/alert_silences.sql"
-DEFAULT_WEBHOOK_CONN_ID = "alerts_webhook"
 DEFAULT_WAREHOUSE_CONN_ID = "warehouse"
 DEDUP_MINUTES_VARIABLE = "batch_alert_dedup_minutes"
 DEFAULT_DEDUP_WINDOW = timedelta(minutes=60)
-HTTP_TIMEOUT_SECONDS = 10.0
 # How long an alert waits for the warehouse before it goes out without dedup. A connection's own
 # `connect_timeout` extra wins.
 WAREHOUSE_CONNECT_TIMEOUT_SECONDS = 5
@@ -68,6 +83,8 @@ WAREHOUSE_CONNECT_TIMEOUT_SECONDS = 5
 MAX_CALLBACK_OUTPUT_CHARS = 200
 # An error's text in an alert: enough to recognise it; the full text stays in the task log.
 ERROR_EXCERPT_CHARS = 500
+SIGNATURE_CHARS = 200
+RUNBOOK_LINE_CHARS = 300
 
 # What happened to one alert; the first three are also batch_meta.alert_log.outcome values.
 AlertOutcome = Literal["sent", "suppressed", "silenced", "sent_without_dedup"]
@@ -75,14 +92,49 @@ AlertOutcome = Literal["sent", "suppressed", "silenced", "sent_without_dedup"]
 log = get_logger(__name__)
 
 
+class NoAlertChannel(RuntimeError):
+    """No channel of the route (nor the pager webhook fallback) has a configured connection."""
+
+
 @dataclass(frozen=True)
 class AlertRoute:
-    """Where alerts go. Plain strings only: it travels as AsyncCallback kwargs into the triggerer."""
+    """Where alerts go. Plain strings only: it travels as AsyncCallback kwargs into the triggerer.
+
+    `channels` None means "not routed yet": standard_dag fills it from the DAG's tier (routed()); a
+    route that is never routed sends to alert_channels.UNTIERED_CHANNELS (the pager webhook). A
+    non-empty `email_to` adds email to any route. `runbook` is the line the Slack/email message shows.
+    """
 
     http_conn_id: str = DEFAULT_WEBHOOK_CONN_ID
     endpoint: str | None = None
     email_to: tuple[str, ...] = field(default=())
     smtp_conn_id: str | None = None
+    slack_conn_id: str = DEFAULT_SLACK_CONN_ID
+    channels: tuple[str, ...] | None = None
+    tier: str | None = None
+    runbook: str | None = None
+
+    def routed(self, *, tier: str | None, runbook: str | None = None) -> AlertRoute:
+        """This route for a DAG of `tier`: channels from the tier (unless set), the tier, the runbook line."""
+        return replace(
+            self,
+            channels=tuple(self.channels) if self.channels is not None else channels_for_tier(tier),
+            tier=self.tier or tier,
+            runbook=self.runbook or runbook,
+        )
+
+    def channel_list(self) -> tuple[str, ...]:
+        channels = tuple(self.channels) if self.channels is not None else channels_for_tier(self.tier)
+        if self.email_to and EMAIL not in channels:
+            channels += (EMAIL,)
+        return channels
+
+    def conn_id(self, channel: str) -> str:
+        return {
+            PAGER: self.http_conn_id,
+            SLACK: self.slack_conn_id,
+            EMAIL: self.smtp_conn_id or DEFAULT_SMTP_CONN_ID,
+        }[channel]
 
     def as_kwargs(self) -> dict[str, Any]:
         return {
@@ -90,7 +142,34 @@ class AlertRoute:
             "endpoint": self.endpoint,
             "email_to": list(self.email_to),
             "smtp_conn_id": self.smtp_conn_id,
+            "slack_conn_id": self.slack_conn_id,
+            "channels": None if self.channels is None else list(self.channels),
+            "tier": self.tier,
+            "runbook": self.runbook,
         }
+
+
+def runbook_line(doc_md: str | None) -> str | None:
+    """The first line of the doc's `## Runbook` section (list markers stripped, cut), else None."""
+    if not doc_md:
+        return None
+    match = re.search(r"^##\s+Runbook\s*$", doc_md, re.MULTILINE | re.IGNORECASE)
+    if not match:
+        return None
+    for line in doc_md[match.end() :].splitlines():
+        line = line.strip()
+        if line.startswith("#"):
+            return None
+        if line:
+            line = re.sub(r"^(?:[-*+]|\d+[.)])\s+", "", line)
+            return line if len(line) <= RUNBOOK_LINE_CHARS else line[: RUNBOOK_LINE_CHARS - 1] + "…"
+    return None
+
+
+def with_route_details(payload: Mapping[str, Any], route: AlertRoute) -> dict[str, Any]:
+    """The payload plus the route's tier and runbook line (when known), for every channel's message."""
+    extra = {"tier": route.tier, "runbook": route.runbook}
+    return {**payload, **{name: value for name, value in extra.items() if value}}
 
 
 def alert_payload(
@@ -165,48 +244,55 @@ def dag_run_url(dag_id: str, run_id: str) -> str:
     return f"{base_url.rstrip('/')}/dags/{quote(dag_id)}/runs/{quote(run_id)}"
 
 
-def build_notifiers(payload: Mapping[str, Any], route: AlertRoute) -> list[BaseNotifier]:
-    from airflow.providers.http.notifications.http import HttpNotifier
-    from airflow.providers.smtp.notifications.smtp import SmtpNotifier
-
-    notifiers: list[BaseNotifier] = [
-        HttpNotifier(
-            http_conn_id=route.http_conn_id,
-            endpoint=route.endpoint,
-            json=dict(payload),
-            headers={"Content-Type": "application/json"},
-            extra_options={"timeout": HTTP_TIMEOUT_SECONDS},
-        )
-    ]
-    if route.email_to:
-        subject_target = ".".join(str(p) for p in (payload["dag_id"], payload.get("task_id")) if p)
-        notifiers.append(
-            SmtpNotifier(
-                to=list(route.email_to),
-                smtp_conn_id=route.smtp_conn_id,
-                subject=f"[airflow] {payload['kind']}: {subject_target}",
-                html_content=f"<pre>{html.escape(json.dumps(payload, indent=2))}</pre>",
+def resolve_targets(route: AlertRoute) -> list[ChannelTarget]:
+    """The route's channels that can send, each with its connection (secrets now registered with the
+    masker). Unconfigured ones are skipped with `alert_channel_skipped`; when none is left, the pager
+    webhook is the fallback (`alert_channel_fallback`); NoAlertChannel when that is unconfigured too."""
+    targets: list[ChannelTarget] = []
+    reasons: dict[str, str] = {}
+    channels = route.channel_list()
+    for channel in channels:
+        target, reason = _target(route, channel)
+        if target is not None:
+            targets.append(target)
+        else:
+            reasons[channel] = reason
+            log.warning(
+                "alert_channel_skipped", channel=channel, conn_id=route.conn_id(channel), reason=reason
             )
+    if not targets and PAGER not in channels:
+        target, reason = _target(route, PAGER)
+        if target is not None:
+            log.warning(
+                "alert_channel_fallback", channel=PAGER, skipped=sorted(reasons), conn_id=target.conn_id
+            )
+            targets.append(target)
+        else:
+            reasons[PAGER] = reason
+    if not targets:
+        raise NoAlertChannel(
+            "no alert channel is configured: " + "; ".join(f"{c}: {r}" for c, r in reasons.items())
         )
-    return notifiers
+    return targets
 
 
-def with_webhook_endpoint(route: AlertRoute) -> AlertRoute:
-    """The route with its endpoint resolved: its own, else the webhook connection's password when it has
-    no login (a secret path such as `/services/T0/B0/XXXX`, kept where Airflow masks it, not in the
-    host). Reading the connection registers its secrets with the masker before any payload is scrubbed.
-    """
-    from airflow.sdk import BaseHook
-    from airflow.sdk.log import mask_secret
+def _target(route: AlertRoute, channel: str) -> tuple[ChannelTarget | None, str]:
+    conn_id = route.conn_id(channel)
+    recipients = email_recipients(route.email_to) if channel == EMAIL else ()
+    reason = unconfigured_reason(channel, conn_id, recipients)
+    if reason is not None:
+        return None, reason
+    endpoint = _webhook_endpoint(route) if channel == PAGER else None
+    return ChannelTarget(channel, conn_id, endpoint=endpoint, recipients=recipients), ""
 
-    connection = BaseHook.get_connection(route.http_conn_id)
-    for secret in (connection.password, connection.extra):
-        # Connections read in a task are masked already; one read elsewhere (a test, a CLI) is not.
-        if secret:
-            mask_secret(secret)
-    if route.endpoint is not None or connection.login or not connection.password:
-        return route
-    return replace(route, endpoint=connection.password)
+
+def _webhook_endpoint(route: AlertRoute) -> str | None:
+    """The route's endpoint, else the webhook connection's password when it has no login: a secret path
+    such as `/services/T0/B0/XXXX`, kept where Airflow masks it, not in the host."""
+    connection = read_connection(route.http_conn_id)
+    if route.endpoint is not None or connection is None or connection.login or not connection.password:
+        return route.endpoint
+    return connection.password
 
 
 def scrubbed(payload: Mapping[str, Any]) -> dict[str, Any]:
@@ -216,11 +302,36 @@ def scrubbed(payload: Mapping[str, Any]) -> dict[str, Any]:
     return redact(dict(payload))
 
 
-# notify() is called directly rather than through BaseNotifier.__call__: the content is
-# final, and Jinja-rendering the payload would choke on exception messages that contain "{{".
-def deliver(payload: Mapping[str, Any], route: AlertRoute) -> None:
-    for notifier in build_notifiers(payload, route):
-        notifier.notify({})
+def deliver(payload: Mapping[str, Any], route: AlertRoute) -> list[str]:
+    """Send the payload on every configured channel of the route (no gate); the channels delivered."""
+    targets = resolve_targets(route)
+    return deliver_to(targets, scrubbed(payload))
+
+
+_UUID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")
+_TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}(?:[ t]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:z|[+-]\d{2}:?\d{2})?)?")
+_HEX_ID = re.compile(r"\b(?=[0-9a-f]*\d)[0-9a-f]{8,}\b")
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_HTTP_ERROR_STATUS = re.compile(r"[45]\d\d")
+
+
+def error_signature(payload: Mapping[str, Any]) -> str:
+    """What makes two failures "the same" for dedup: the error class and its message with ids, UUIDs,
+    timestamps and numbers replaced (HTTP error statuses 4xx/5xx are kept, so a 422 is not a 401).
+    Empty for alerts without an error (deadline_missed dedups per DAG)."""
+    error = payload.get("error")
+    if not error:
+        return ""
+    error_class, sep, message = str(error).partition(": ")
+    if not sep or " " in error_class:
+        error_class, message = "", str(error)
+    text = message.lower()
+    text = _UUID.sub("<uuid>", text)
+    text = _TIMESTAMP.sub("<time>", text)
+    text = _HEX_ID.sub("<id>", text)
+    text = _NUMBER.sub(lambda m: m[0] if _HTTP_ERROR_STATUS.fullmatch(m[0]) else "<n>", text)
+    text = " ".join(text.split())
+    return f"{error_class}: {text}"[:SIGNATURE_CHARS] if error_class else text[:SIGNATURE_CHARS]
 
 
 def ensure_alert_log(conn: psycopg.Connection) -> None:
@@ -256,8 +367,8 @@ def send_unless_recent(
     window: timedelta,
     send: Callable[[], None],
 ) -> bool:
-    """Call `send` unless the alert is silenced or one of the same (kind, dag_id, task_id) was sent
-    within `window`. Returns whether it sent; see gate_and_send."""
+    """Call `send` unless the alert is silenced or one of the same (kind, dag_id, task_id, error
+    signature) was sent within `window`. Returns whether it sent; see gate_and_send."""
     return gate_and_send(conn, payload, window=window, send=send) == "sent"
 
 
@@ -266,13 +377,15 @@ def gate_and_send(
     payload: Mapping[str, Any],
     *,
     window: timedelta,
-    send: Callable[[], None],
+    send: Callable[[], Any],
 ) -> AlertOutcome:
     """The dedup/silence gate: call `send` unless silenced or a duplicate; returns the outcome.
 
-    The decision and its log row commit together under an advisory lock per key, so concurrent
-    failures (mapped tasks, parallel runs) produce one alert. If `send` raises, nothing is logged and
-    the next failure alerts again.
+    A duplicate is a `sent` row of the same kind, DAG, task and error_signature within `window`: a
+    different kind of failure of the same task (a 422 after a 401) still alerts. The decision and its
+    log row commit together under an advisory lock per (kind, dag_id, task_id), so concurrent failures
+    (mapped tasks, parallel runs) produce one alert. If `send` raises, nothing is logged and the next
+    failure alerts again. When `send` returns a list (the channels delivered), the row records it.
     """
     ensure_alert_log(conn)
     key = _dedup_key(payload)
@@ -291,16 +404,18 @@ def gate_and_send(
         recent = conn.execute(
             """
             SELECT 1 FROM batch_meta.alert_log
-             WHERE outcome = 'sent' AND kind = %s AND dag_id = %s AND task_id = %s
+             WHERE outcome = 'sent' AND kind = %s AND dag_id = %s AND task_id = %s AND signature = %s
                AND created_at > clock_timestamp() - %s
              LIMIT 1
             """,
-            (*key, window),
+            (*key, error_signature(payload), window),
         ).fetchone()
         outcome: AlertOutcome = "silenced" if silenced else "suppressed" if recent else "sent"
+        channels = None
         if outcome == "sent":
-            send()
-        _insert_alert_log_row(conn, payload, outcome)
+            delivered = send()
+            channels = delivered if isinstance(delivered, list) else None
+        _insert_alert_log_row(conn, payload, outcome, channels)
     return outcome
 
 
@@ -308,18 +423,29 @@ def _dedup_key(payload: Mapping[str, Any]) -> tuple[str, str, str]:
     return (payload["kind"], payload["dag_id"], payload.get("task_id") or "")
 
 
-def _insert_alert_log_row(conn: psycopg.Connection, payload: Mapping[str, Any], outcome: str) -> None:
+def _insert_alert_log_row(
+    conn: psycopg.Connection, payload: Mapping[str, Any], outcome: str, channels: list[str] | None = None
+) -> None:
     conn.execute(
         """
-        INSERT INTO batch_meta.alert_log (kind, dag_id, task_id, run_id, outcome, payload, created_at)
-        VALUES (%s, %s, %s, %s, %s, %s, clock_timestamp())
+        INSERT INTO batch_meta.alert_log
+            (kind, dag_id, task_id, run_id, outcome, payload, signature, channels, created_at)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, clock_timestamp())
         """,
-        (*_dedup_key(payload), payload.get("run_id"), outcome, Jsonb(dict(payload))),
+        (
+            *_dedup_key(payload),
+            payload.get("run_id"),
+            outcome,
+            Jsonb(dict(payload)),
+            error_signature(payload),
+            channels,
+        ),
     )
 
 
 class FailureAlert(BaseNotifier):
-    """on_failure_callback: one alert per (dag_id, task_id) per `dedup_window`, on the final failure.
+    """on_failure_callback: one alert per (dag_id, task_id, error signature) per `dedup_window`, on the
+    final failure, to the route's channels.
 
     Airflow runs on_failure_callback only when the try ends FAILED (an UP_FOR_RETRY try runs
     on_retry_callback instead). The state check still guards it: attached as an on_retry_callback by
@@ -350,7 +476,7 @@ class FailureAlert(BaseNotifier):
                     try_number=ti.try_number,
                 )
                 return
-            payload = task_failure_payload(context)
+            payload = with_route_details(task_failure_payload(context), self.route)
             outcome = send_logged(
                 payload, self.route, self.warehouse_conn_id, dedup_window(self.dedup_window)
             )
@@ -388,17 +514,19 @@ def connect_warehouse(warehouse_conn_id: str) -> psycopg.Connection:
 
 @dataclass
 class _TrackedDelivery:
-    """`deliver` as a gate's `send`, remembering how far it got: a warehouse error before the send
-    means "send without dedup", after a successful send it only means the log row is missing."""
+    """Delivery to the targets as a gate's `send`, remembering how far it got: a warehouse error before
+    the send means "send without dedup", after a successful send it only means the log row is missing."""
 
     payload: Mapping[str, Any]
-    route: AlertRoute
+    targets: Sequence[ChannelTarget]
     state: Literal["not_attempted", "failed", "delivered"] = "not_attempted"
+    channels: list[str] = field(default_factory=list)
 
-    def __call__(self) -> None:
+    def __call__(self) -> list[str]:
         self.state = "failed"
-        deliver(self.payload, self.route)
+        self.channels = deliver_to(self.targets, self.payload)
         self.state = "delivered"
+        return self.channels
 
 
 def send_logged(
@@ -407,11 +535,14 @@ def send_logged(
     """Deliver unless silenced or a duplicate within `window`, logging the decision in alert_log; if the
     warehouse cannot be reached, deliver without dedup, then record it when possible (module docstring).
 
-    A delivery error (webhook or SMTP) is raised: sending again would fail the same way.
+    A delivery error on every channel is raised (sending again would fail the same way); one channel
+    failing while another delivered is logged (`alert_channel_failed`) and the alert counts as sent.
+    NoAlertChannel when no channel is configured.
     """
-    route = with_webhook_endpoint(route)
+    # Reading the channels' connections registers their secrets with the masker: before scrubbing.
+    targets = resolve_targets(route)
     payload = scrubbed(payload)
-    delivery = _TrackedDelivery(payload, route)
+    delivery = _TrackedDelivery(payload, targets)
     try:
         with connect_warehouse(warehouse_conn_id) as conn:
             return gate_and_send(conn, payload, window=window, send=delivery)
@@ -425,7 +556,7 @@ def send_logged(
         reason = _describe(error)
     started = time.monotonic()
     try:
-        deliver(payload, route)
+        channels = deliver_to(targets, payload)
     except Exception as error:
         error.add_note(f"sent without dedup because the warehouse was unavailable: {reason}")
         raise
@@ -434,17 +565,20 @@ def send_logged(
         **_alert_fields(payload),
         reason=f"warehouse {warehouse_conn_id!r} unavailable: {reason}",
         delivery_seconds=round(time.monotonic() - started, 3),
+        channels=channels,
     )
-    _record_sent_best_effort(payload, warehouse_conn_id)
+    _record_sent_best_effort(payload, warehouse_conn_id, channels)
     return "sent_without_dedup"
 
 
-def _record_sent_best_effort(payload: Mapping[str, Any], warehouse_conn_id: str) -> None:
+def _record_sent_best_effort(
+    payload: Mapping[str, Any], warehouse_conn_id: str, channels: list[str] | None = None
+) -> None:
     """Write the `sent` row of an alert that bypassed the gate, so the next ones dedup against it."""
     try:
         with connect_warehouse(warehouse_conn_id) as conn:
             ensure_alert_log(conn)
-            _insert_alert_log_row(conn, payload, "sent")
+            _insert_alert_log_row(conn, payload, "sent", channels)
     except Exception as error:
         log.warning("alert_log_write_failed", **_alert_fields(payload), error=_describe(error))
 
@@ -456,6 +590,10 @@ async def deadline_missed(
     endpoint: str | None = None,
     email_to: Sequence[str] = (),
     smtp_conn_id: str | None = None,
+    slack_conn_id: str = DEFAULT_SLACK_CONN_ID,
+    channels: Sequence[str] | None = None,
+    tier: str | None = None,
+    runbook: str | None = None,
     deadline_interval_seconds: float | None = None,
     warehouse_conn_id: str = DEFAULT_WAREHOUSE_CONN_ID,
 ) -> str:
@@ -478,8 +616,16 @@ async def deadline_missed(
             log.info("deadline_alert_skipped_run_failed", dag_id=payload["dag_id"], run_id=payload["run_id"])
             return "skipped: the run already failed and alerted"
         route = AlertRoute(
-            http_conn_id=http_conn_id, endpoint=endpoint, email_to=tuple(email_to), smtp_conn_id=smtp_conn_id
+            http_conn_id=http_conn_id,
+            endpoint=endpoint,
+            email_to=tuple(email_to),
+            smtp_conn_id=smtp_conn_id,
+            slack_conn_id=slack_conn_id,
+            channels=None if channels is None else tuple(channels),
+            tier=tier,
+            runbook=runbook,
         )
+        payload = with_route_details(payload, route)
         outcome = await asyncio.to_thread(
             send_logged, payload, route, warehouse_conn_id, DEFAULT_DEDUP_WINDOW
         )

@@ -16,7 +16,8 @@ from typing import Any
 
 from airflow.sdk import DAG, AsyncCallback, DeadlineAlert, DeadlineReference, Param
 
-from batchkit.alerts import AlertRoute, FailureAlert, deadline_missed
+from batchkit.alert_channels import tier_of
+from batchkit.alerts import AlertRoute, FailureAlert, deadline_missed, runbook_line
 from batchkit.policy import EXPLICIT_SCHEDULING_ATTR
 
 RETRY_BACKOFF_MULTIPLIER = 2.0
@@ -48,8 +49,9 @@ def standard_dag(
     """A DAG with the house defaults; use as `with standard_dag(...) as dag:`.
 
     `tags` are members of batchkit.taxonomy.Tag (or their string values). `deadline` is measured from
-    when the run was queued. `alert_route` redirects both alerts (default: the `alerts_webhook`
-    connection, no email).
+    when the run was queued. Both alerts go to the channels of the DAG's `tier:` tag
+    (batchkit.alert_channels.TIER_CHANNELS) with the first line of the doc's runbook; `alert_route`
+    overrides connection ids, recipients or (its `channels`) the tier's channels.
     """
     _check_docs(dag_id, doc_md)
     if not owner.strip():
@@ -64,7 +66,8 @@ def standard_dag(
     if params and DRY_RUN_PARAM in params:
         raise ValueError(f"DAG {dag_id!r}: the {DRY_RUN_PARAM!r} param is provided by standard_dag")
 
-    route = alert_route or AlertRoute()
+    tags = _validated_tags(dag_id, tags)
+    route = (alert_route or AlertRoute()).routed(tier=tier_of(tags), runbook=runbook_line(doc_md))
     default_args: dict[str, Any] = {
         "owner": owner,
         "retries": retries,
@@ -81,7 +84,7 @@ def standard_dag(
         catchup=catchup,
         max_active_runs=max_active_runs,
         doc_md=doc_md,
-        tags=_validated_tags(dag_id, tags),
+        tags=tags,
         default_args=default_args,
         deadline=DeadlineAlert(
             reference=DeadlineReference.DAGRUN_QUEUED_AT,

@@ -8,10 +8,16 @@ Used by dags/sales/sales_daily_report.py; every function here runs without an Ai
 - The aggregate (include/sql/reports/daily_sales_aggregate.sql) replaces the day's rows of
   reports.daily_sales in ONE transaction, under a lock per day, so a reader or a concurrent run of the
   same day never sees half a report, and a rerun leaves the table as one run would.
-- The files (CSV and HTML) are named after the day only and hold nothing but the day's numbers, so a
-  rerun over unchanged data rewrites byte-identical files in the same place.
+- The files (CSV and HTML) are named after the day only and hold nothing but the day's numbers and the
+  trend of the TREND_DAYS days up to it, so a rerun over unchanged data rewrites byte-identical files in
+  the same place. The HTML stands alone: inline CSS, and the trend chart (matplotlib) as inline SVG
+  rendered with a fixed hash salt and no timestamp, so the same numbers give the same bytes.
+- Where the files go is an ObjectStoragePath (`reports_base`): the Variable `reports_base_path`, else
+  env REPORTS_BASE_PATH, else file://$AIRFLOW_HOME/reports; read by the task, never at parse time.
 - The delivery is a side effect keyed by the day (`delivery_key`) through batchkit.ledger.perform_once:
-  at most once across retries, clears and reruns, again only with `force=True`.
+  at most once across retries, clears and reruns, again only with `force=True`. It goes to the reports
+  target (batchkit.alert_channels.send_report: connection `reports_webhook`, plus `reports_slack` when
+  configured), never to an alerts channel, with a one-line summary and a link to the HTML.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import html
 import io
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
@@ -37,12 +43,23 @@ from batchkit.sql_files import apply_sql_file, resolve_sql_path
 REPORT_DDL = "sql/reports/daily_sales.sql"
 AGGREGATE_SQL = "sql/reports/daily_sales_aggregate.sql"
 REPORT_NAME = "sales_daily"
-# Airflow Variable holding where report files go (any ObjectStoragePath URL); read at run time only.
+# Where report files go (any ObjectStoragePath URL): the Airflow Variable, else the environment
+# variable, else file://$AIRFLOW_HOME/reports; read at run time only.
 REPORTS_BASE_VARIABLE = "reports_base_path"
+REPORTS_BASE_ENV = "REPORTS_BASE_PATH"
+# The connection an s3:// (or other remote) base path authenticates with; Variable, else environment.
+REPORTS_CONN_VARIABLE = "reports_conn_id"
+REPORTS_CONN_ENV = "REPORTS_CONN_ID"
+# Where people open the files, when the base path is not browsable itself (e.g. an S3 website or a
+# reverse proxy in front of the reports volume); Variable, else environment.
+REPORTS_PUBLIC_URL_VARIABLE = "reports_public_url"
+REPORTS_PUBLIC_URL_ENV = "REPORTS_PUBLIC_URL"
+REPORT_FORMATS = ("csv", "html")
+# Days in the HTML's trend chart and table, ending with the report day.
+TREND_DAYS = 14
 REPORT_DAY_PARAM = "report_day"
 CSV_COLUMNS = ("report_day", "country", "orders", "revenue", "customers")
 _REPORT_FILE_NAME = re.compile(rf"^{REPORT_NAME}_(\d{{4}}-\d{{2}}-\d{{2}})\.(csv|html)$")
-WEBHOOK_TIMEOUT_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -198,16 +215,151 @@ def replace_daily_sales(conn: psycopg.Connection, day: date, *, run_id: str) -> 
     return sales
 
 
+# -- the trend ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DayTotals:
+    """One day of the trend: the day's totals, or None for a day never reported (no row in the table)."""
+
+    day: date
+    orders: int | None
+    revenue: Decimal | None
+
+    @property
+    def reported(self) -> bool:
+        return self.orders is not None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "day": self.day.isoformat(),
+            "orders": self.orders,
+            "revenue": None if self.revenue is None else str(self.revenue),
+        }
+
+    @classmethod
+    def from_json(cls, document: Mapping[str, Any]) -> DayTotals:
+        return cls(
+            day=date.fromisoformat(document["day"]),
+            orders=None if document.get("orders") is None else int(document["orders"]),
+            revenue=None if document.get("revenue") is None else Decimal(document["revenue"]),
+        )
+
+
+@dataclass(frozen=True)
+class Change:
+    """Day-over-day change of one measure: None fields when there is nothing to compare with."""
+
+    delta: Decimal | None
+    percent: Decimal | None
+
+    @classmethod
+    def between(cls, current: Decimal | int | None, previous: Decimal | int | None) -> Change:
+        if current is None or previous is None:
+            return cls(None, None)
+        delta = Decimal(current) - Decimal(previous)
+        percent = None if previous == 0 else (delta * 100 / Decimal(previous)).quantize(Decimal("0.1"))
+        return cls(delta, percent)
+
+    def describe(self, money: bool = False) -> str:
+        """`+12 (+5.3%)`, `-3.50 (-1.2%)`, `+5 (new)` (previous day zero), `n/a` (no previous day)."""
+        if self.delta is None:
+            return "n/a"
+        delta = f"{self.delta:+,.2f}" if money else f"{self.delta:+,.0f}"
+        return f"{delta} ({'new' if self.percent is None else f'{self.percent:+}%'})"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "delta": None if self.delta is None else str(self.delta),
+            "percent": None if self.percent is None else str(self.percent),
+        }
+
+
+def read_trend(conn: psycopg.Connection, sales: DailySales, days: int = TREND_DAYS) -> list[DayTotals]:
+    """The `days` days ending with `sales.day`, oldest first: earlier days from reports.daily_sales (None
+    where a day was never reported), the last one from `sales` itself, so a dry run's trend ends with
+    the numbers it just computed. Reads only."""
+    first = sales.day - timedelta(days=days - 1)
+    known: dict[date, tuple[int, Decimal]] = {}
+    if conn.execute("SELECT to_regclass('reports.daily_sales')").fetchone()[0] is not None:
+        rows = conn.execute(
+            """
+            SELECT report_day, sum(orders)::bigint, sum(revenue)
+              FROM reports.daily_sales
+             WHERE report_day >= %s AND report_day < %s
+             GROUP BY report_day
+            """,
+            (first, sales.day),
+        ).fetchall()
+        known = {day: (int(orders), Decimal(revenue)) for day, orders, revenue in rows}
+    trend = [
+        DayTotals(day, *known.get(day, (None, None)))
+        for day in (first + timedelta(days=offset) for offset in range(days - 1))
+    ]
+    totals = sales.totals()
+    return [*trend, DayTotals(sales.day, totals.orders, totals.revenue)]
+
+
+def day_over_day(trend: Sequence[DayTotals]) -> dict[str, Change]:
+    """The last day of `trend` against the one before: {"orders": Change, "revenue": Change}."""
+    if not trend:
+        return {"orders": Change(None, None), "revenue": Change(None, None)}
+    previous = trend[-2] if len(trend) > 1 else DayTotals(trend[-1].day, None, None)
+    return {
+        "orders": Change.between(trend[-1].orders, previous.orders),
+        "revenue": Change.between(trend[-1].revenue, previous.revenue),
+    }
+
+
+def summary_line(sales: DailySales, trend: Sequence[DayTotals]) -> str:
+    """The delivery message: `Sales 2026-03-01: 6 orders, revenue 368.84 (+12.50 (+3.5%) vs 2026-02-28)`."""
+    totals = sales.totals()
+    line = f"Sales {sales.day.isoformat()}: {totals.orders:,} orders, revenue {totals.revenue:,.2f}"
+    change = day_over_day(trend)["revenue"]
+    if change.delta is not None:
+        line += f" ({change.describe(money=True)} vs {(sales.day - timedelta(days=1)).isoformat()})"
+    return line
+
+
 # -- the files ---------------------------------------------------------------------------------------
 
 
-def reports_base(configured: str | None) -> ObjectStoragePath:
-    """Where report files go: `configured` (the Variable's URL, e.g. s3://conn_id@bucket/reports) or
-    file://$AIRFLOW_HOME/reports."""
-    if configured:
-        return ObjectStoragePath(configured)
-    airflow_home = Path(os.environ.get("AIRFLOW_HOME") or Path.home() / "airflow")
-    return ObjectStoragePath((airflow_home / "reports").resolve().as_uri())
+def reports_base(
+    configured: str | None,
+    *,
+    conn_id: str | None = None,
+    environ: Mapping[str, str] = os.environ,
+) -> ObjectStoragePath:
+    """Where report files go: `configured` (the Variable's URL), else env REPORTS_BASE_PATH, else
+    file://$AIRFLOW_HOME/reports. Any ObjectStoragePath URL: file:///srv/reports, or an S3-compatible
+    s3://bucket/prefix whose credentials (and endpoint_url for MinIO & co.) come from connection
+    `conn_id` (Variable reports_conn_id / env REPORTS_CONN_ID) or from s3://conn_id@bucket/prefix."""
+    url = configured or environ.get(REPORTS_BASE_ENV) or None
+    if url is None:
+        airflow_home = Path(environ.get("AIRFLOW_HOME") or Path.home() / "airflow")
+        # Not Path.as_uri(): ObjectStoragePath takes the path verbatim and would not unquote a %20.
+        url = f"file://{(airflow_home / 'reports').resolve()}"
+    return ObjectStoragePath(url, conn_id=conn_id) if conn_id else ObjectStoragePath(url)
+
+
+def _setting(variable: str, env: str) -> str | None:
+    from airflow.sdk import Variable
+
+    return Variable.get(variable, default=None) or os.environ.get(env) or None
+
+
+def configured_reports_base() -> ObjectStoragePath:
+    """reports_base() from the Variables (else the environment) as they are now. Call it in a task,
+    never at parse time: it reads Variables."""
+    return reports_base(
+        _setting(REPORTS_BASE_VARIABLE, REPORTS_BASE_ENV),
+        conn_id=_setting(REPORTS_CONN_VARIABLE, REPORTS_CONN_ENV),
+    )
+
+
+def configured_public_url() -> str | None:
+    """The browsable URL of the base path (Variable reports_public_url, else env), or None. In a task."""
+    return _setting(REPORTS_PUBLIC_URL_VARIABLE, REPORTS_PUBLIC_URL_ENV)
 
 
 def report_folder(base: ObjectStoragePath) -> ObjectStoragePath:
@@ -218,8 +370,24 @@ def report_files(base: ObjectStoragePath, day: date) -> dict[str, ObjectStorageP
     """The day's files by format; the names depend on the day alone, so a rerun overwrites them."""
     return {
         file_format: report_folder(base) / f"{REPORT_NAME}_{day.isoformat()}.{file_format}"
-        for file_format in RENDERERS
+        for file_format in REPORT_FORMATS
     }
+
+
+def file_url(path: ObjectStoragePath) -> str:
+    """The file's URL without a connection id (s3://bucket/key, file:///path, the path not %-quoted)."""
+    return path.as_uri()
+
+
+def report_link(html_url: str, *, public_base: str | None = None) -> str:
+    """What the delivery message links to: under `public_base` (Variable reports_public_url / env
+    REPORTS_PUBLIC_URL, the browsable URL of the base path) when set; a file:// report as its path on
+    the machine that wrote it; otherwise the URL itself (http(s)://, s3://)."""
+    if public_base:
+        return f"{public_base.rstrip('/')}/{REPORT_NAME}/{html_url.rsplit('/', 1)[-1]}"
+    if html_url.startswith("file://"):
+        return html_url.removeprefix("file://")
+    return html_url
 
 
 def report_day_of(file_name: str) -> date | None:
@@ -242,42 +410,216 @@ def render_csv(sales: DailySales) -> str:
     return out.getvalue()
 
 
-def render_html(sales: DailySales) -> str:
+def money(value: Decimal) -> str:
+    """1234.5 -> `1,234.50`: how the HTML shows revenue."""
+    return f"{value:,.2f}"
+
+
+def render_trend_svg(trend: Sequence[DayTotals]) -> str:
+    """The trend chart as an inline <svg> element: orders (bars) and revenue (line) per day, the report
+    day highlighted and labelled with its day-over-day change. Deterministic: a fixed hash salt for the
+    element ids, no date metadata, text kept as text (one bundled font)."""
+    from matplotlib import rc_context
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import StrMethodFormatter
+
+    days = [point.day for point in trend]
+    x = range(len(trend))
+    orders = [point.orders or 0 for point in trend]
+    revenue = [float(point.revenue) if point.revenue is not None else float("nan") for point in trend]
+    change = day_over_day(trend)
+    settings = {
+        "svg.hashsalt": "batchkit-report",
+        "svg.fonttype": "none",
+        "font.family": "DejaVu Sans",
+        "font.size": 9,
+        "axes.spines.top": False,
+        "axes.spines.right": False,
+    }
+    with rc_context(settings):
+        figure = Figure(figsize=(8.0, 3.4), layout="constrained")
+        bars = figure.add_subplot()
+        colors = [_ACCENT if i == len(trend) - 1 else _MUTED for i in x]
+        bars.bar(x, orders, color=colors, width=0.7, label="orders")
+        for i, point in enumerate(trend):
+            if not point.reported:
+                bars.text(
+                    i, 0, "no report", rotation=90, ha="center", va="bottom", color="#9aa0a6", fontsize=7
+                )
+        bars.set_ylabel("orders")
+        bars.set_ylim(bottom=0)
+        bars.yaxis.get_major_locator().set_params(integer=True)
+        line = bars.twinx()
+        line.spines["right"].set_visible(True)
+        line.plot(x, revenue, color=_LINE, marker="o", markersize=3.5, linewidth=1.8, label="revenue")
+        line.set_ylabel("revenue")
+        line.set_ylim(bottom=0)
+        line.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+        step = max(1, len(trend) // 7)
+        ticks = list(range(len(trend) - 1, -1, -step))[::-1]  # always label the report day
+        bars.set_xticks(ticks, [days[i].strftime("%b %d") for i in ticks])
+        bars.set_title(
+            f"Last {len(trend)} days — {days[-1].isoformat()}: orders {change['orders'].describe()}, "
+            f"revenue {change['revenue'].describe(money=True)} vs the day before",
+            loc="left",
+            fontsize=9,
+        )
+        figure.legend(loc="outside lower center", ncols=2, frameon=False)
+        out = io.StringIO()
+        figure.savefig(out, format="svg", metadata={"Date": None})
+    svg = out.getvalue()
+    # Inline in HTML: the <svg> element only, without the XML declaration and DOCTYPE.
+    return svg[svg.index("<svg") :].strip()
+
+
+def render_html(sales: DailySales, trend: Sequence[DayTotals] = ()) -> str:
+    trend = list(trend) or [DayTotals(sales.day, sales.totals().orders, sales.totals().revenue)]
     day = html.escape(sales.day.isoformat())
     totals = sales.totals()
-    body = "\n".join(
-        f"<tr><td>{html.escape(row.country)}</td><td>{row.orders}</td><td>{row.revenue}</td>"
-        f"<td>{row.customers}</td></tr>"
-        for row in sales.by_country
+    change = day_over_day(trend)
+    revenue_total = totals.revenue or Decimal("0")
+
+    def share(row: CountrySales) -> str:
+        return f"{row.revenue * 100 / revenue_total:.1f}%" if revenue_total else "–"
+
+    rows = (
+        "\n".join(
+            f'<tr><td>{html.escape(row.country)}</td><td class="num">{row.orders}</td>'
+            f'<td class="num">{money(row.revenue)}</td><td class="num">{share(row)}</td>'
+            f'<td class="num">{row.customers}</td></tr>'
+            for row in sales.by_country
+        )
+        or '<tr><td colspan="5" class="empty">No orders that day.</td></tr>'
+    )
+    trend_rows = []
+    for previous, point in zip([None, *trend[:-1]], trend, strict=True):
+        if point.reported:
+            dod_orders = Change.between(point.orders, previous.orders if previous else None).describe()
+            dod_revenue = Change.between(point.revenue, previous.revenue if previous else None).describe(True)
+            cells = (
+                f'<td class="num">{point.orders}</td><td class="num">{dod_orders}</td>'
+                f'<td class="num">{money(point.revenue)}</td><td class="num">{dod_revenue}</td>'
+            )
+        else:
+            cells = '<td colspan="4" class="empty">no report for this day</td>'
+        trend_rows.append(f"<tr><td>{point.day.isoformat()}</td>{cells}</tr>")
+    kpis = "".join(
+        f'<div class="kpi"><div class="label">{label}</div><div class="value">{value}</div>'
+        f'<div class="change {_direction(delta)}">{html.escape(text)}</div></div>'
+        for label, value, delta, text in (
+            (
+                "Orders",
+                f"{totals.orders:,}",
+                change["orders"].delta,
+                f"{change['orders'].describe()} vs day before",
+            ),
+            (
+                "Revenue",
+                money(totals.revenue),
+                change["revenue"].delta,
+                f"{change['revenue'].describe(money=True)} vs day before",
+            ),
+            ("Customers", f"{totals.customers:,}", None, "distinct, that day"),
+        )
     )
     return f"""<!DOCTYPE html>
 <html lang="en">
-<head><meta charset="utf-8"><title>Daily sales {day}</title></head>
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Daily sales {day}</title>
+<style>
+{_CSS}
+</style>
+</head>
 <body>
-<h1>Daily sales {day} (UTC)</h1>
-<p>Orders placed that day, cancelled orders excluded; country from crm.customers.</p>
-<table>
-<thead><tr><th>Country</th><th>Orders</th><th>Revenue</th><th>Customers</th></tr></thead>
+<main>
+<h1>Daily sales {day} <small>UTC</small></h1>
+<p class="lead">Orders placed that day, cancelled orders excluded; country from crm.customers.</p>
+<section class="kpis">{kpis}</section>
+<section>
+<h2>Trend, last {len(trend)} days</h2>
+<figure class="chart">
+{render_trend_svg(trend)}
+</figure>
+</section>
+<section>
+<h2>By country</h2>
+<table class="by-country">
+<thead><tr><th>Country</th><th class="num">Orders</th><th class="num">Revenue</th><th class="num">Share of revenue</th><th class="num">Customers</th></tr></thead>
 <tbody>
-{body}
+{rows}
 </tbody>
-<tfoot><tr><th>Total</th><th>{totals.orders}</th><th>{totals.revenue}</th><th>{totals.customers}</th></tr></tfoot>
+<tfoot><tr><th>Total</th><th class="num">{totals.orders}</th><th class="num">{money(totals.revenue)}</th><th class="num">{"100.0%" if revenue_total else "–"}</th><th class="num">{totals.customers}</th></tr></tfoot>
 </table>
+</section>
+<section>
+<h2>Day by day</h2>
+<table class="trend">
+<thead><tr><th>Day</th><th class="num">Orders</th><th class="num">Change</th><th class="num">Revenue</th><th class="num">Change</th></tr></thead>
+<tbody>
+{chr(10).join(trend_rows)}
+</tbody>
+</table>
+</section>
+<footer>sales_daily_report · reports.daily_sales · the same numbers as {REPORT_NAME}_{day}.csv</footer>
+</main>
 </body>
 </html>
 """
 
 
-RENDERERS = {"csv": render_csv, "html": render_html}
+def _direction(delta: Decimal | None) -> str:
+    if delta is None or delta == 0:
+        return "flat"
+    return "up" if delta > 0 else "down"
 
 
-def write_report_files(base: ObjectStoragePath, sales: DailySales) -> dict[str, str]:
+_ACCENT = "#1a73e8"
+_MUTED = "#a8c7fa"
+_LINE = "#e8710a"
+_CSS = """\
+:root { color-scheme: light; }
+body { margin: 0; background: #f6f8fa; color: #1f2328;
+  font: 14px/1.5 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
+main { max-width: 880px; margin: 0 auto; padding: 24px; }
+h1 { font-size: 24px; margin: 0 0 4px; } h1 small { color: #656d76; font-size: 14px; font-weight: normal; }
+h2 { font-size: 16px; margin: 28px 0 8px; }
+.lead { color: #656d76; margin: 0 0 16px; }
+.kpis { display: flex; gap: 12px; flex-wrap: wrap; }
+.kpi { flex: 1 1 180px; background: #fff; border: 1px solid #d0d7de; border-radius: 8px; padding: 12px 16px; }
+.kpi .label { color: #656d76; font-size: 12px; text-transform: uppercase; letter-spacing: .04em; }
+.kpi .value { font-size: 26px; font-weight: 600; font-variant-numeric: tabular-nums; }
+.change { font-size: 12px; } .change.up { color: #1a7f37; } .change.down { color: #cf222e; }
+.change.flat { color: #656d76; }
+figure.chart { margin: 0; background: #fff; border: 1px solid #d0d7de; border-radius: 8px; padding: 8px; }
+figure.chart svg { width: 100%; height: auto; display: block; }
+table { width: 100%; border-collapse: collapse; background: #fff; border: 1px solid #d0d7de; }
+th, td { padding: 6px 12px; border-bottom: 1px solid #eaeef2; text-align: left; }
+thead th { background: #f6f8fa; font-size: 12px; color: #656d76; text-transform: uppercase; }
+tbody tr:nth-child(even) { background: #fafbfc; }
+tfoot th { border-top: 2px solid #d0d7de; border-bottom: 0; }
+.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+.empty { color: #8c959f; font-style: italic; }
+footer { color: #8c959f; font-size: 12px; margin-top: 24px; }
+@media print { body { background: #fff; } .kpi, figure.chart, table { border-color: #999; } }"""
+
+
+def render_report(sales: DailySales, trend: Sequence[DayTotals]) -> dict[str, str]:
+    """The day's files' contents by format."""
+    return {"csv": render_csv(sales), "html": render_html(sales, trend)}
+
+
+def write_report_files(
+    base: ObjectStoragePath, sales: DailySales, trend: Sequence[DayTotals] = ()
+) -> dict[str, str]:
     """Write the day's CSV and HTML (overwriting a previous run's); returns their URLs by format."""
+    contents = render_report(sales, trend)
     written = {}
     for file_format, path in report_files(base, sales.day).items():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(RENDERERS[file_format](sales), encoding="utf-8")
-        written[file_format] = str(path)
+        path.write_text(contents[file_format], encoding="utf-8")
+        written[file_format] = file_url(path)
     return written
 
 
@@ -285,24 +627,22 @@ def write_report_files(base: ObjectStoragePath, sales: DailySales) -> dict[str, 
 
 
 def delivery_key(day: date) -> str:
+    # Named `webhook` since the first version: kept, so days sent before stay sent.
     return f"sales_daily_report:{day.isoformat()}:webhook"
 
 
-def delivery_payload(sales: DailySales, files: Mapping[str, str]) -> dict[str, Any]:
-    return {"kind": "sales_daily_report", **sales.to_json(), "files": dict(files)}
-
-
-def post_to_webhook(http_conn_id: str, payload: Mapping[str, Any]) -> dict[str, Any]:
-    """POST `payload` as JSON to the connection's URL; raises on a non-2xx answer. Returns what the
-    ledger records about the send."""
-    from airflow.providers.http.hooks.http import HttpHook
-
-    response = HttpHook(method="POST", http_conn_id=http_conn_id).run(
-        json=dict(payload),
-        headers={"Content-Type": "application/json"},
-        extra_options={"timeout": WEBHOOK_TIMEOUT_SECONDS},
-    )
-    return {"http_conn_id": http_conn_id, "status": response.status_code}
+def delivery_payload(
+    sales: DailySales, files: Mapping[str, str], *, summary: str, link: str, trend: Sequence[DayTotals] = ()
+) -> dict[str, Any]:
+    change = day_over_day(trend) if trend else {}
+    return {
+        "kind": "sales_daily_report",
+        **sales.to_json(),
+        "summary": summary,
+        "link": link,
+        "files": dict(files),
+        "day_over_day": {measure: value.to_json() for measure, value in change.items()},
+    }
 
 
 def deliver_report(
@@ -310,16 +650,24 @@ def deliver_report(
     sales: DailySales,
     files: Mapping[str, str],
     *,
-    http_conn_id: str,
+    trend: Sequence[DayTotals] = (),
+    public_base: str | None = None,
     force: bool = False,
     dry_run: bool = False,
+    send: Callable[..., dict[str, Any]] | None = None,
 ) -> LedgerOutcome:
-    """Send the day's report to the webhook unless the ledger says it was sent; `force` sends again."""
-    payload = delivery_payload(sales, files)
+    """Send the day's report to the reports target unless the ledger says it was sent; `force` sends
+    again. `send` is batchkit.alert_channels.send_report unless given (tests)."""
+    if send is None:
+        from batchkit.alert_channels import send_report as send
+
+    summary = summary_line(sales, trend)
+    link = report_link(files["html"], public_base=public_base)
+    payload = delivery_payload(sales, files, summary=summary, link=link, trend=trend)
     return perform_once(
         conn,
         delivery_key(sales.day),
-        lambda: post_to_webhook(http_conn_id, payload),
+        lambda: send(payload, summary=f"{summary} — {link}", link=link if "://" in link else None),
         force=force,
         dry_run=dry_run,
     )

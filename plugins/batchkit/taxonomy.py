@@ -6,6 +6,9 @@ member here, in review.
 
 Every DAG carries exactly one `kind:` (what the automation does), exactly one `tier:` (how urgent its
 failures are; 1 = page someone) and at least one `domain:` (who owns the data it touches).
+
+The tier picks where a DAG's alerts go: batchkit.alert_channels.TIER_CHANNELS (tier:1 pager webhook +
+Slack, tier:2 Slack, tier:3 email). A new tier needs a row there too.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Fixtures for the YAML sync DAGs end to end: the demo upstream on loopback, Airflow connections to it,
-and a clean warehouse (target tables, checkpoints, quarantine, staging) before every test."""
+"""Fixtures for the YAML sync DAGs and the report end to end: the demo upstream on loopback, Airflow
+connections to it (data, alert inbox, report inbox), and a clean warehouse (target tables, checkpoints,
+quarantine, staging) before every test."""
 
 from __future__ import annotations
 
@@ -51,12 +52,16 @@ def volumes() -> Volumes:
 
 @pytest.fixture(autouse=True)
 def upstream_connections(upstream: Upstream, monkeypatch: pytest.MonkeyPatch) -> Upstream:
-    """The DAGs' `demo_api` and `alerts_webhook` connections point at the upstream (its alert inbox)."""
+    """The DAGs' `demo_api`, `alerts_webhook` and `reports_webhook` connections point at the upstream (its
+    alert and report inboxes: two targets, as in `make run`)."""
     monkeypatch.setenv("AIRFLOW_CONN_DEMO_API", upstream.connection_json())
     # The whole URL as the host, as airflow_settings.yaml declares it: in URI form the path would land
     # in `schema`, which HttpHook takes for the URL scheme.
     monkeypatch.setenv(
         "AIRFLOW_CONN_ALERTS_WEBHOOK", json.dumps({"conn_type": "http", "host": upstream.url + "/alerts"})
+    )
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_REPORTS_WEBHOOK", json.dumps({"conn_type": "http", "host": upstream.url + "/reports"})
     )
     return upstream
 
@@ -82,7 +87,11 @@ def clean_slate(upstream: Upstream, warehouse: psycopg.Connection) -> None:
 
 @pytest.fixture
 def reports_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The report files' base location, given through the Variable as an environment variable."""
+    """The report files' base location, given through the Variable as an environment variable; the
+    REPORTS_BASE_PATH env (what `make run` and compose set) points elsewhere: the Variable wins."""
     folder = tmp_path / "reports"
     monkeypatch.setenv("AIRFLOW_VAR_REPORTS_BASE_PATH", folder.as_uri())
+    monkeypatch.setenv("REPORTS_BASE_PATH", (tmp_path / "not-here").as_uri())
+    monkeypatch.delenv("AIRFLOW_VAR_REPORTS_PUBLIC_URL", raising=False)
+    monkeypatch.delenv("REPORTS_PUBLIC_URL", raising=False)
     return folder

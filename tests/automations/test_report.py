@@ -1,6 +1,7 @@
 """sales_daily_report end to end: dag.test() against the real metadata DB and warehouse, report files on
-local disk, deliveries POSTed to the demo upstream's /alerts inbox (tests/automations/conftest.py points
-the `alerts_webhook` connection at it and empties the sync tables before each test).
+local disk, deliveries POSTed to the demo upstream's /reports inbox (tests/automations/conftest.py points
+the `reports_webhook` connection at it, `alerts_webhook` at its /alerts inbox, and empties the sync
+tables before each test). Reports must never reach the alerts inbox.
 
 Orders and customers are inserted straight into the sync targets; every expectation is computed here
 from the inserted rows by the aggregate's stated rule, never written down as a number.
@@ -12,6 +13,7 @@ import copy
 import csv
 import io
 import json
+import re
 import socket
 import threading
 from collections import defaultdict
@@ -27,11 +29,23 @@ import pytest
 
 from batchkit.report import (
     REPORT_NAME,
+    TREND_DAYS,
+    Change,
+    CountrySales,
+    DailySales,
+    DayTotals,
     days_completed_by,
+    deliver_report,
     delivery_key,
     parse_report_day,
+    read_trend,
+    render_html,
     report_day_of,
     report_days,
+    report_link,
+    reports_base,
+    summary_line,
+    write_report_files,
 )
 from batchkit.sql_files import apply_sql_file
 from tests.dagrun import parse_dag, returned, run_dag
@@ -110,11 +124,35 @@ def report_rows(warehouse: psycopg.Connection, day: date) -> dict[str, tuple[int
 
 
 def deliveries(upstream: Upstream, day: date) -> list[dict[str, Any]]:
-    return [
+    """The day's report deliveries in the /reports inbox; fails if any report reached the alerts inbox."""
+    leaked = [
         alert
         for alert in upstream.alerts()
-        if alert.get("kind") == "sales_daily_report" and alert.get("day") == day.isoformat()
+        if alert.get("kind") == "sales_daily_report" or {"by_country", "summary"} & alert.keys()
     ]
+    assert leaked == [], f"a report reached the alerts inbox: {leaked}"
+    return [
+        report
+        for report in upstream.reports()
+        if report.get("kind") == "sales_daily_report" and report.get("day") == day.isoformat()
+    ]
+
+
+def html_row(country: str, orders: int, revenue: Decimal, customers: int) -> re.Pattern[str]:
+    """A row of the HTML's country table (the revenue share is between revenue and customers)."""
+    return re.compile(
+        rf'<tr><td>{re.escape(country)}</td><td class="num">{orders}</td><td class="num">{revenue:,.2f}</td>'
+        rf'<td class="num">[0-9.]+%</td><td class="num">{customers}</td></tr>'
+    )
+
+
+def assert_standalone(page: str) -> None:
+    """One file that opens anywhere: an inline chart, inline CSS, nothing fetched from elsewhere."""
+    assert "<svg" in page
+    assert "</svg>" in page
+    assert "<style>" in page
+    assert not re.search(r"<(script|link|img|iframe)\b", page), "the page loads something"
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page), "the page references another URL"
 
 
 def ledger_row(warehouse: psycopg.Connection, day: date) -> tuple[str, int, str | None] | None:
@@ -223,6 +261,135 @@ def test_only_report_file_names_carry_a_day() -> None:
     assert report_day_of("notes_2026-03-01.csv") is None
 
 
+# -- the files and the message (plain functions) -----------------------------------------------------
+
+SAMPLE = DailySales(
+    day=DAY,
+    by_country=(
+        CountrySales("DE", 1200, Decimal("10234.50"), 800),
+        CountrySales("FR", 40, Decimal("3120.00"), 33),
+        CountrySales("unknown", 2, Decimal("12.34"), 1),
+    ),
+)
+
+
+def sample_trend(days: int = TREND_DAYS) -> list[DayTotals]:
+    """Growing days before DAY, one of them never reported, then DAY's own totals."""
+    earlier = [
+        DayTotals(DAY - timedelta(days=days - 1 - i), 1000 + i, Decimal(9000 + 100 * i))
+        if i != 3
+        else DayTotals(DAY - timedelta(days=days - 1 - i), None, None)
+        for i in range(days - 1)
+    ]
+    totals = SAMPLE.totals()
+    return [*earlier, DayTotals(DAY, totals.orders, totals.revenue)]
+
+
+def test_the_html_stands_alone_with_a_chart_and_the_numbers() -> None:
+    trend = sample_trend()
+    page = render_html(SAMPLE, trend)
+
+    assert_standalone(page)
+    assert html_row("DE", 1200, Decimal("10234.50"), 800).search(page)
+    assert '<td class="num">10,234.50</td><td class="num">76.6%</td>' in page
+    assert html_row("unknown", 2, Decimal("12.34"), 1).search(page)
+    assert page.count("no report for this day") == 1
+    # The day before had 1012 orders and 10200.00 revenue: the day-over-day change, in the cards and table.
+    previous = trend[-2]
+    orders_change = Change.between(1242, previous.orders)
+    assert (orders_change.delta, orders_change.percent) == (Decimal(230), Decimal("22.7"))
+    assert "+230 (+22.7%) vs day before" in page
+    revenue_change = Change.between(SAMPLE.totals().revenue, previous.revenue)
+    assert revenue_change.describe(money=True) == "+3,166.84 (+31.0%)"
+    assert "+3,166.84 (+31.0%)" in page
+    # Deterministic: the same numbers render the same bytes (a rerun rewrites identical files).
+    assert render_html(SAMPLE, trend) == page
+
+
+def test_the_chart_follows_the_numbers() -> None:
+    trend = sample_trend()
+    changed = [*trend[:-2], DayTotals(trend[-2].day, 1, Decimal("1.00")), trend[-1]]
+    assert render_html(SAMPLE, changed) != render_html(SAMPLE, trend)
+
+
+def test_the_summary_says_the_day_the_totals_and_the_change() -> None:
+    assert summary_line(SAMPLE, sample_trend()) == (
+        "Sales 2026-03-01: 1,242 orders, revenue 13,366.84 (+3,166.84 (+31.0%) vs 2026-02-28)"
+    )
+    alone = [DayTotals(DAY, 1242, SAMPLE.totals().revenue)]
+    assert summary_line(SAMPLE, alone) == "Sales 2026-03-01: 1,242 orders, revenue 13,366.84"
+    assert Change.between(5, 0).describe() == "+5 (new)"
+
+
+def test_the_base_path_is_the_variable_then_the_environment_then_airflow_home(tmp_path: Path) -> None:
+    env = {"AIRFLOW_HOME": str(tmp_path), "REPORTS_BASE_PATH": "memory://env-bucket/reports"}
+    assert str(reports_base("memory://variable/reports", environ=env)) == "memory://variable/reports"
+    assert str(reports_base(None, environ=env)) == "memory://env-bucket/reports"
+    assert str(reports_base(None, environ={"AIRFLOW_HOME": str(tmp_path)})) == f"file://{tmp_path}/reports"
+    s3 = reports_base(None, conn_id="minio", environ={"REPORTS_BASE_PATH": "s3://bucket/prefix"})
+    assert (s3.conn_id, s3.as_uri()) == ("minio", "s3://bucket/prefix")
+
+
+def test_files_go_to_any_object_storage_and_the_message_links_to_them(tmp_path: Path) -> None:
+    remote = write_report_files(reports_base("memory://reports-test/daily"), SAMPLE, sample_trend())
+    assert remote["html"] == f"memory://reports-test/daily/{REPORT_NAME}/{REPORT_NAME}_2026-03-01.html"
+    assert report_link(remote["html"]) == remote["html"]
+    # A local folder with a space: ObjectStoragePath takes file:// paths verbatim (no %-quoting).
+    local = write_report_files(reports_base(f"file://{tmp_path}/r p"), SAMPLE, sample_trend())
+    html_file = tmp_path / "r p" / REPORT_NAME / f"{REPORT_NAME}_2026-03-01.html"
+    assert local["html"] == f"file://{html_file}"
+    assert report_link(local["html"]) == str(html_file)
+    assert "<svg" in html_file.read_text()
+    assert report_link(local["html"], public_base="https://reports.example.com/") == (
+        f"https://reports.example.com/{REPORT_NAME}/{REPORT_NAME}_2026-03-01.html"
+    )
+    assert report_link("s3://bucket/prefix/x.html") == "s3://bucket/prefix/x.html"
+
+
+def test_the_trend_reads_earlier_days_from_the_table_and_ends_with_the_day(
+    warehouse: psycopg.Connection,
+) -> None:
+    with warehouse.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO reports.daily_sales (report_day, country, orders, revenue, customers, run_id) "
+            "VALUES (%s, %s, %s, %s, %s, 'test')",
+            [
+                (DAY - timedelta(days=1), "DE", 3, Decimal("30.00"), 2),
+                (DAY - timedelta(days=1), "FR", 1, Decimal("5.50"), 1),
+                (DAY - timedelta(days=3), "DE", 7, Decimal("70.00"), 5),
+                (DAY - timedelta(days=TREND_DAYS), "DE", 99, Decimal("99.00"), 9),  # outside the window
+                (DAY, "DE", 1, Decimal("1.00"), 1),  # the day's stored rows: its own numbers win
+            ],
+        )
+
+    trend = read_trend(warehouse, SAMPLE)
+
+    assert [point.day for point in trend] == [
+        DAY - timedelta(days=TREND_DAYS - 1 - i) for i in range(TREND_DAYS)
+    ]
+    by_day = {point.day: (point.orders, point.revenue) for point in trend}
+    assert by_day[DAY - timedelta(days=1)] == (4, Decimal("35.50"))
+    assert by_day[DAY - timedelta(days=2)] == (None, None)
+    assert by_day[DAY - timedelta(days=3)] == (7, Decimal("70.00"))
+    assert by_day[DAY] == (1242, SAMPLE.totals().revenue)
+    assert [DayTotals.from_json(point.to_json()) for point in trend] == trend
+
+
+def test_a_reports_webhook_that_is_the_alerts_webhook_is_refused_and_nothing_is_marked_sent(
+    warehouse: psycopg.Connection, upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_REPORTS_WEBHOOK", json.dumps({"conn_type": "http", "host": upstream.url + "/alerts"})
+    )
+    reports_before, alerts_before = len(upstream.reports()), len(upstream.alerts())
+
+    with pytest.raises(ValueError, match="alerts webhook"):
+        deliver_report(warehouse, SAMPLE, {"html": "file:///tmp/x.html", "csv": "file:///tmp/x.csv"})
+
+    assert ledger_row(warehouse, DAY)[:2] == ("claimed", 0)
+    assert (len(upstream.reports()), len(upstream.alerts())) == (reports_before, alerts_before)
+
+
 # -- the DAG end to end -------------------------------------------------------------------------------
 
 
@@ -234,6 +401,7 @@ def test_one_day_is_reported_exactly_and_delivered_once_until_forced(
     insert_orders(warehouse, orders)
     expected = expected_report(orders, DAY)
     assert {"DE", "FR", "US", "unknown"} <= expected.keys()
+    alerts_before = len(upstream.alerts())
 
     # A run on the day after, with no triggering load: reports the previous UTC day.
     first = run_report(report_dag, utc(OTHER_DAY, 3))
@@ -242,11 +410,25 @@ def test_one_day_is_reported_exactly_and_delivered_once_until_forced(
     files = files_of(reports_dir, DAY)
     assert csv_report(files["csv"], DAY) == expected
     page = files["html"].read_text()
+    assert_standalone(page)
     for country, (count, revenue, customers) in expected.items():
-        assert f"<tr><td>{country}</td><td>{count}</td><td>{revenue}</td><td>{customers}</td></tr>" in page
+        assert html_row(country, count, revenue, customers).search(page), (country, page)
+    total_orders = sum(count for count, _, _ in expected.values())
+    total_revenue = sum((revenue for _, revenue, _ in expected.values()), Decimal("0"))
+    assert (
+        f'<tfoot><tr><th>Total</th><th class="num">{total_orders}</th><th class="num">{total_revenue:,.2f}</th>'
+        in page
+    )
+    # The trend: no earlier day was reported, the day itself was.
+    assert page.count("no report for this day") == TREND_DAYS - 1
     [delivery] = deliveries(upstream, DAY)
     assert delivered_report(delivery) == expected
     assert delivery["files"] == {fmt: path.as_uri() for fmt, path in files.items()}
+    # The message links to the report: a local file, so by its path.
+    assert delivery["link"] == str(files["html"])
+    assert (
+        delivery["summary"] == f"Sales {DAY.isoformat()}: {total_orders} orders, revenue {total_revenue:,.2f}"
+    )
     assert ledger_row(warehouse, DAY) == ("done", 1, None)
     first_files = {fmt: path.read_bytes() for fmt, path in files.items()}
 
@@ -276,6 +458,8 @@ def test_one_day_is_reported_exactly_and_delivered_once_until_forced(
     assert delivered_report(first_sent) == expected
     assert delivered_report(resent) == corrected
     assert ledger_row(warehouse, DAY) == ("done", 2, None)
+    # Three successful runs: nothing at all in the alerts inbox.
+    assert upstream.alerts()[alerts_before:] == []
 
 
 @pytest.mark.slow
@@ -312,12 +496,12 @@ def _free_port() -> int:
 def receiver_down_until_first_failure(
     warehouse_conninfo: str, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[dict[str, Upstream]]:
-    """The webhook points at a port where nothing listens; once the ledger records the failed send, a
+    """The reports webhook points at a port where nothing listens; once the ledger records the failed send, a
     demo upstream starts on that port. Yields {"receiver": Upstream} once it is up."""
     port = _free_port()
     monkeypatch.setenv(
-        "AIRFLOW_CONN_ALERTS_WEBHOOK",
-        json.dumps({"conn_type": "http", "host": f"http://127.0.0.1:{port}/alerts"}),
+        "AIRFLOW_CONN_REPORTS_WEBHOOK",
+        json.dumps({"conn_type": "http", "host": f"http://127.0.0.1:{port}/reports"}),
     )
     started: dict[str, Upstream] = {}
     stop = threading.Event()

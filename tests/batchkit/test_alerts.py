@@ -1,4 +1,7 @@
-"""batchkit.alerts end to end: real Airflow runs, a real webhook receiver on loopback, real Postgres.
+"""batchkit.alerts end to end: real Airflow runs, real receivers on loopback, real Postgres.
+
+Each channel is received by something speaking its protocol: the pager webhook and a Slack-incoming-
+webhook-shaped endpoint are HTTP servers in a thread, email is a real SMTP server (aiosmtpd).
 
 The failure alert is exercised through dag.test(), which runs the task's retries inline (it loops until
 the run finishes, re-scheduling an UP_FOR_RETRY task once its retry delay has passed) and calls the
@@ -12,6 +15,7 @@ stops and restarts, and "warehouse hung" a real socket that accepts connections 
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import shutil
 import socket
@@ -20,8 +24,12 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -33,17 +41,22 @@ import pytest
 import structlog
 from airflow.sdk import DAG
 
+from batchkit.alert_channels import TIER_CHANNELS, send_report
 from batchkit.alerts import (
+    ALERT_LOG_DDL,
     ERROR_EXCERPT_CHARS,
     WAREHOUSE_CONNECT_TIMEOUT_SECONDS,
     AlertRoute,
     alert_payload,
     deadline_missed,
     error_excerpt,
+    error_signature,
     send_logged,
     send_unless_recent,
     silence,
+    with_route_details,
 )
+from batchkit.taxonomy import Tag
 from tools.metadb import EmbeddedPostgres, PgServer, ensure_database
 
 RUNBOOK = "Fails on purpose.\n\n## Runbook\nNothing to do: this DAG exists for the test suite.\n"
@@ -55,6 +68,7 @@ class Received:
     path: str
     body: dict[str, Any]
     at: datetime
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -69,20 +83,21 @@ class Webhook:
         return list(self.requests)
 
 
-@pytest.fixture
-def webhook(monkeypatch: pytest.MonkeyPatch) -> Iterator[Webhook]:
-    """A JSON-accepting HTTP receiver in a thread, wired up as the `alerts_webhook` connection."""
+@contextmanager
+def _json_receiver(answer: bytes = b"") -> Iterator[Webhook]:
+    """A JSON-accepting HTTP receiver in a thread; answers 200 with `answer` (Slack answers `ok`)."""
     hook: Webhook
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             with hook.arrived:
-                hook.requests.append(Received(self.path, body, datetime.now(UTC)))
+                hook.requests.append(Received(self.path, body, datetime.now(UTC), dict(self.headers)))
                 hook.arrived.notify_all()
             self.send_response(200)
-            self.send_header("Content-Length", "0")
+            self.send_header("Content-Length", str(len(answer)))
             self.end_headers()
+            self.wfile.write(answer)
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
@@ -91,12 +106,100 @@ def webhook(monkeypatch: pytest.MonkeyPatch) -> Iterator[Webhook]:
     hook = Webhook(url=f"http://127.0.0.1:{server.server_address[1]}")
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    monkeypatch.setenv("AIRFLOW_CONN_ALERTS_WEBHOOK", hook.url)
     try:
         yield hook
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture(autouse=True)
+def _only_the_channels_a_test_configures(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slack and email are configured by their fixtures only (a row the settings tests applied to the
+    metadata DB is overridden by these empty environment connections)."""
+    monkeypatch.setenv("AIRFLOW_CONN_ALERTS_SLACK", json.dumps({"conn_type": "slackwebhook"}))
+    monkeypatch.setenv("AIRFLOW_CONN_ALERTS_SMTP", json.dumps({"conn_type": "smtp"}))
+    monkeypatch.delenv("AIRFLOW_VAR_BATCH_ALERT_EMAIL_TO", raising=False)
+
+
+@pytest.fixture
+def webhook(monkeypatch: pytest.MonkeyPatch) -> Iterator[Webhook]:
+    """The pager webhook: a JSON receiver wired up as the `alerts_webhook` connection."""
+    with _json_receiver() as hook:
+        monkeypatch.setenv("AIRFLOW_CONN_ALERTS_WEBHOOK", hook.url)
+        yield hook
+
+
+SLACK_TOKEN_PATH = "/services/T0TEST/B0TEST/" + uuid.uuid4().hex
+
+
+@pytest.fixture
+def slack(monkeypatch: pytest.MonkeyPatch) -> Iterator[Webhook]:
+    """A Slack-incoming-webhook-shaped receiver as the `alerts_slack` connection (slackwebhook type: the
+    host is the base URL, the password the token path after it, as for hooks.slack.com/services)."""
+    with _json_receiver(answer=b"ok") as hook:
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_ALERTS_SLACK",
+            json.dumps({"conn_type": "slackwebhook", "host": hook.url, "password": SLACK_TOKEN_PATH}),
+        )
+        yield hook
+
+
+@dataclass
+class Mailbox:
+    messages: list[EmailMessage] = field(default_factory=list)
+    envelopes: list[tuple[str, list[str]]] = field(default_factory=list)
+    arrived: threading.Condition = field(default_factory=threading.Condition)
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[EmailMessage]:
+        with self.arrived:
+            self.arrived.wait_for(lambda: len(self.messages) >= count, timeout)
+        return list(self.messages)
+
+
+@pytest.fixture
+def smtp(monkeypatch: pytest.MonkeyPatch) -> Iterator[Mailbox]:
+    """A real SMTP server (aiosmtpd) on loopback as the `alerts_smtp` connection, plain SMTP (no TLS);
+    alert recipients from Variable batch_alert_email_to."""
+    from aiosmtpd.controller import Controller
+
+    box = Mailbox()
+
+    class Handler:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            message = BytesParser(policy=policy.default).parsebytes(envelope.original_content)
+            with box.arrived:
+                box.messages.append(message)
+                box.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
+                box.arrived.notify_all()
+            return "250 Message accepted for delivery"
+
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]
+    controller = Controller(Handler(), hostname="127.0.0.1", port=port)
+    controller.start()
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_ALERTS_SMTP",
+        json.dumps(
+            {
+                "conn_type": "smtp",
+                "host": "127.0.0.1",
+                "port": port,
+                "extra": {
+                    "from_email": "airflow-alerts@example.test",
+                    "disable_tls": True,
+                    "disable_ssl": True,
+                    "timeout": 5,
+                    "retry_limit": 0,
+                },
+            }
+        ),
+    )
+    monkeypatch.setenv("AIRFLOW_VAR_BATCH_ALERT_EMAIL_TO", "oncall@example.test, data@example.test")
+    try:
+        yield box
+    finally:
+        controller.stop()
 
 
 FAILING_DAG_SOURCE = """
@@ -506,3 +609,352 @@ def test_a_callback_that_cannot_deliver_logs_the_error_and_returns(
     assert warehouse.execute(
         "SELECT count(*) FROM batch_meta.alert_log WHERE dag_id = %s", (dag_id,)
     ).fetchone() == (0,)
+
+
+# --- channels: Slack, email, the pager webhook, routed by tier ----------------------------------------
+
+RUNBOOK_LINE = "Check connection `demo_api` and the partner's status page, then clear the task."
+
+
+def _failure(
+    dag_id: str, error: BaseException, *, run_id: str = "scheduled__2026-03-01T03:00:00+00:00"
+) -> dict:
+    return alert_payload(
+        "task_failed",
+        dag_id=dag_id,
+        run_id=run_id,
+        url=f"http://localhost:8080/dags/{dag_id}/runs/{run_id}/tasks/extract_stage?try_number=3",
+        data_interval_start=datetime(2026, 2, 28, 3, tzinfo=UTC),
+        data_interval_end=datetime(2026, 3, 1, 3, tzinfo=UTC),
+        task_id="extract_stage",
+        error=error_excerpt(error),
+        try_number=3,
+        max_tries=2,
+    )
+
+
+def _tiered(tier: str) -> AlertRoute:
+    return AlertRoute().routed(tier=tier, runbook=RUNBOOK_LINE)
+
+
+def _send(payload: dict, route: AlertRoute) -> str:
+    return send_logged(with_route_details(payload, route), route, "warehouse", timedelta(minutes=60))
+
+
+def _slack_text(body: dict[str, Any]) -> str:
+    """Every text of a Block Kit body, joined (what a reader sees)."""
+    return json.dumps(body["blocks"], ensure_ascii=False)
+
+
+def test_the_routing_table_covers_every_tier_once() -> None:
+    tiers = {tag.value for tag in Tag if tag.value.startswith("tier:")}
+    assert set(TIER_CHANNELS) == tiers
+    assert TIER_CHANNELS["tier:1"] == ("pager", "slack")
+    assert TIER_CHANNELS["tier:2"] == ("slack",)
+    assert TIER_CHANNELS["tier:3"] == ("email",)
+
+
+def test_standard_dag_routes_both_alerts_by_the_tier_tag_with_the_runbook_line() -> None:
+    from airflow.sdk import CronDataIntervalTimetable
+
+    from batchkit.dag_factory import standard_dag
+
+    doc = f"What it does.\n\n## Runbook\n\n- {RUNBOOK_LINE}\n- Then tell #sales.\n"
+    dag = standard_dag(
+        "bk_routing_probe",
+        owner="data-platform",
+        tags=["domain:sales", "kind:sync", "tier:1"],
+        schedule=CronDataIntervalTimetable("0 3 * * *", timezone="UTC"),
+        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+        catchup=False,
+        max_active_runs=1,
+        doc_md=doc,
+        deadline=timedelta(hours=1),
+        alert_route=AlertRoute(slack_conn_id="sales_slack"),
+    )
+
+    [failure_alert] = dag.default_args["on_failure_callback"]
+    assert failure_alert.route.channel_list() == ("pager", "slack")
+    assert (failure_alert.route.tier, failure_alert.route.runbook) == ("tier:1", RUNBOOK_LINE)
+    assert failure_alert.route.conn_id("slack") == "sales_slack"
+    [deadline] = dag.deadline if isinstance(dag.deadline, list) else [dag.deadline]
+    kwargs = deadline.callback.kwargs
+    assert (kwargs["channels"], kwargs["tier"], kwargs["runbook"]) == (
+        ["pager", "slack"],
+        "tier:1",
+        RUNBOOK_LINE,
+    )
+    assert kwargs["slack_conn_id"] == "sales_slack"
+    json.dumps(kwargs)  # travels to the triggerer as JSON
+
+
+def test_tier_1_pages_and_posts_to_slack_tier_2_only_slack_tier_3_only_email(
+    webhook: Webhook, slack: Webhook, smtp: Mailbox, warehouse: psycopg.Connection
+) -> None:
+    outcomes = {
+        tier: _send(
+            _failure(f"bk_route_{tier[-1]}_{uuid.uuid4().hex[:6]}", RuntimeError("boom")), _tiered(tier)
+        )
+        for tier in ("tier:1", "tier:2", "tier:3")
+    }
+
+    assert outcomes == {"tier:1": "sent", "tier:2": "sent", "tier:3": "sent"}
+    slack.wait_for(2)
+    [page] = webhook.wait_for(1)
+    [mail] = smtp.wait_for(1)
+    time.sleep(0.5)  # anything misrouted would have arrived by now
+    assert [p.body["text"].split("bk_route_")[1][0] for p in slack.requests] == ["1", "2"]
+    assert (page.body["dag_id"][:11], page.body["tier"]) == ("bk_route_1_", "tier:1")
+    assert mail["Subject"].startswith("[airflow] [tier:3] Task failed: bk_route_3_")
+    assert (len(webhook.requests), len(slack.requests), len(smtp.messages)) == (1, 2, 1)
+    (channels,) = warehouse.execute(
+        "SELECT channels FROM batch_meta.alert_log WHERE dag_id = %s", (page.body["dag_id"],)
+    ).fetchone()
+    assert channels == ["pager", "slack"]
+
+
+def test_slack_gets_an_incoming_webhook_body_with_block_kit(
+    slack: Webhook, warehouse: psycopg.Connection
+) -> None:
+    dag_id = f"bk_slack_{uuid.uuid4().hex[:8]}"
+    payload = _failure(dag_id, ConnectionError("partner API returned 503 <after> 3 tries & gave up"))
+
+    assert _send(payload, _tiered("tier:2")) == "sent"
+
+    [post] = slack.wait_for(1)
+    assert post.path == SLACK_TOKEN_PATH  # the token path from the connection's password
+    assert post.headers["Content-Type"].startswith("application/json")
+    body = post.body
+    # Slack requires `text` (the notification fallback) besides `blocks`; no legacy fields.
+    assert set(body) >= {"text", "blocks"}
+    assert not {"channel", "username", "icon_emoji"} & set(body)
+    assert body["text"].startswith(f"Task failed: {dag_id}.extract_stage")
+    assert "ConnectionError" in body["text"]
+    types = [block["type"] for block in body["blocks"]]
+    assert types[0] == "header"
+    assert "actions" in types
+    text = _slack_text(body)
+    for expected in (
+        f"*DAG*\\n{dag_id}",
+        "*Task*\\nextract_stage",
+        "*Run*\\nscheduled__2026-03-01T03:00:00+00:00",
+        "*Interval*\\n2026-02-28T03:00:00+00:00 → 2026-03-01T03:00:00+00:00",
+        "*Error class*\\nConnectionError",
+        f"*Runbook:* {RUNBOOK_LINE}",
+        "&lt;after&gt; 3 tries &amp; gave up",  # mrkdwn control characters escaped
+    ):
+        assert expected in text, (expected, text)
+    [button] = next(b for b in body["blocks"] if b["type"] == "actions")["elements"]
+    assert button["url"] == payload["url"]
+    assert SLACK_TOKEN_PATH not in json.dumps(body)
+
+
+def test_a_missed_deadline_reaches_slack_with_the_run_and_its_deadline(
+    slack: Webhook, webhook: Webhook
+) -> None:
+    dag_id = f"bk_slack_deadline_{uuid.uuid4().hex[:8]}"
+    context = _deadline_context("run_1", datetime(2026, 3, 1, 5, tzinfo=UTC), dag_id=dag_id)
+
+    returned = asyncio.run(
+        deadline_missed(context, **_tiered("tier:2").as_kwargs(), deadline_interval_seconds=7200.0)
+    )
+
+    assert returned == "sent"
+    [post] = slack.wait_for(1)
+    assert post.body["text"].startswith(f"Deadline missed: {dag_id}")
+    text = _slack_text(post.body)
+    for expected in (
+        f"*DAG*\\n{dag_id}",
+        "*Run*\\nrun_1",
+        "*Deadline*\\n2026-03-01T05:00:00+00:00",
+        RUNBOOK_LINE,
+    ):
+        assert expected in text, (expected, text)
+    [button] = next(b for b in post.body["blocks"] if b["type"] == "actions")["elements"]
+    assert unquote(button["url"]).endswith(f"/dags/{dag_id}/runs/run_1")
+    assert webhook.wait_for(1, timeout=0.5) == [], "tier:2 does not page"
+
+
+def test_email_goes_through_a_real_smtp_server(smtp: Mailbox, warehouse: psycopg.Connection) -> None:
+    dag_id = f"bk_mail_{uuid.uuid4().hex[:8]}"
+    payload = _failure(dag_id, RuntimeError("checksum <mismatch> in batch 12"))
+
+    assert _send(payload, _tiered("tier:3")) == "sent"
+
+    [message] = smtp.wait_for(1)
+    assert message["Subject"] == f"[airflow] [tier:3] Task failed: {dag_id}.extract_stage (RuntimeError)"
+    assert message["From"] == "airflow-alerts@example.test"
+    assert smtp.envelopes[0][1] == ["oncall@example.test", "data@example.test"]
+    [part] = [p for p in message.walk() if p.get_content_type() == "text/html"]
+    body = part.get_content()
+    assert f"<code>{dag_id}</code>" in body
+    assert "checksum &lt;mismatch&gt; in batch 12" in body  # escaped, not markup
+    assert f'href="{payload["url"]}"' in body
+    assert html.escape(RUNBOOK_LINE) in body
+
+
+def test_unconfigured_channels_are_skipped_and_the_alert_falls_back_to_the_pager(
+    webhook: Webhook, warehouse: psycopg.Connection
+) -> None:
+    """`make run` has no Slack and no SMTP: a tier:2 alert still reaches someone, with a warning."""
+    dag_id = f"bk_fallback_{uuid.uuid4().hex[:8]}"
+
+    with structlog.testing.capture_logs() as logs:
+        outcome = _send(_failure(dag_id, RuntimeError("boom")), _tiered("tier:2"))
+
+    assert outcome == "sent"
+    [page] = webhook.wait_for(1)
+    assert page.body["dag_id"] == dag_id
+    [skipped] = _events(logs, "alert_channel_skipped")
+    assert (skipped["log_level"], skipped["channel"]) == ("warning", "slack")
+    assert "no webhook token" in skipped["reason"]
+    assert _events(logs, "alert_channel_fallback")
+
+
+def test_no_configured_channel_at_all_is_logged_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_ALERTS_WEBHOOK", json.dumps({"conn_type": "http"}))
+    context = _deadline_context("run_1", datetime(2026, 3, 1, 5, tzinfo=UTC), dag_id="bk_nowhere")
+
+    with structlog.testing.capture_logs() as logs:
+        returned = asyncio.run(deadline_missed(context, **_tiered("tier:3").as_kwargs()))
+
+    assert returned.startswith("failed: NoAlertChannel: no alert channel is configured")
+    assert "email: " in returned
+    assert "pager: " in returned
+    assert _events(logs, "alert_callback_failed")
+
+
+def test_one_channel_down_does_not_stop_the_others(
+    webhook: Webhook, monkeypatch: pytest.MonkeyPatch, warehouse: psycopg.Connection
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        closed_port = probe.getsockname()[1]
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_ALERTS_SLACK",
+        json.dumps(
+            {"conn_type": "slackwebhook", "host": f"http://127.0.0.1:{closed_port}", "password": "T/B/X"}
+        ),
+    )
+    dag_id = f"bk_partial_{uuid.uuid4().hex[:8]}"
+
+    with structlog.testing.capture_logs() as logs:
+        outcome = _send(_failure(dag_id, RuntimeError("boom")), _tiered("tier:1"))
+
+    assert outcome == "sent"
+    assert [r.body["dag_id"] for r in webhook.wait_for(1)] == [dag_id]
+    [failed] = _events(logs, "alert_channel_failed")
+    assert failed["channel"] == "slack"
+    (channels,) = warehouse.execute(
+        "SELECT channels FROM batch_meta.alert_log WHERE dag_id = %s", (dag_id,)
+    ).fetchone()
+    assert channels == ["pager"]
+
+
+# --- dedup by error signature ------------------------------------------------------------------------
+
+
+def _http_error(status: int, reason: str, page: int) -> Exception:
+    return type("HTTPError", (Exception,), {})(
+        f"{status} Client Error: {reason} for url: http://127.0.0.1:8081/v1/orders?page={page}"
+        f"&request_id={uuid.uuid4()}"
+    )
+
+
+def test_a_different_error_still_alerts_within_the_window_and_a_repeat_does_not(
+    slack: Webhook, warehouse: psycopg.Connection
+) -> None:
+    dag_id = f"bk_signature_{uuid.uuid4().hex[:8]}"
+    route = _tiered("tier:2")
+
+    first_401 = _send(_failure(dag_id, _http_error(401, "Unauthorized", 3), run_id="r1"), route)
+    then_422 = _send(_failure(dag_id, _http_error(422, "Unprocessable Entity", 7), run_id="r2"), route)
+    again_401 = _send(_failure(dag_id, _http_error(401, "Unauthorized", 12), run_id="r3"), route)
+
+    assert (first_401, then_422, again_401) == ("sent", "sent", "suppressed")
+    posts = slack.wait_for(3, timeout=2)
+    assert [("401" in p.body["text"] or "401" in _slack_text(p.body)) for p in posts] == [True, False]
+    rows = warehouse.execute(
+        "SELECT run_id, outcome, signature FROM batch_meta.alert_log WHERE dag_id = %s ORDER BY id", (dag_id,)
+    ).fetchall()
+    assert [(run_id, outcome) for run_id, outcome, _ in rows] == [
+        ("r1", "sent"),
+        ("r2", "sent"),
+        ("r3", "suppressed"),
+    ]
+    assert rows[0][2] == rows[2][2] != rows[1][2]
+    assert rows[0][2].startswith("HTTPError: 401 client error: unauthorized")
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "same"),
+    [
+        ("RuntimeError: page 3 of 40 failed", "RuntimeError: page 17 of 41 failed", True),
+        ("KeyError: 'order 9f8e7d6c5b4a'", "KeyError: 'order 0a1b2c3d4e5f'", True),
+        ("ValueError: at 2026-03-01T03:00:00Z", "ValueError: at 2026-03-02 04:10:11+00:00", True),
+        ("HTTPError: 401 Client Error", "HTTPError: 422 Client Error", False),
+        ("RuntimeError: boom", "ValueError: boom", False),
+    ],
+)
+def test_error_signature_ignores_ids_numbers_and_times_but_not_the_class_or_http_status(
+    a: str, b: str, same: bool
+) -> None:
+    assert (error_signature({"error": a}) == error_signature({"error": b})) is same
+    assert error_signature({"kind": "deadline_missed"}) == ""
+
+
+def test_alert_log_gains_the_signature_column_on_an_existing_database(warehouse: psycopg.Connection) -> None:
+    """The DDL file brings an alert_log created before the signature column along (ADD COLUMN IF NOT EXISTS)."""
+    from batchkit.sql_files import resolve_sql_path
+
+    schema = f"bk_old_{uuid.uuid4().hex[:8]}"
+    ddl = resolve_sql_path(ALERT_LOG_DDL).read_text()
+    old_table = ddl[: ddl.index("-- Added later")].replace("batch_meta", schema)
+    warehouse.execute(old_table)
+    try:
+        warehouse.execute(ddl.replace("batch_meta", schema))
+        warehouse.execute(ddl.replace("batch_meta", schema))  # and again: idempotent
+        columns = {
+            name
+            for (name,) in warehouse.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = %s", (schema,)
+            )
+        }
+        assert {"signature", "channels"} <= columns
+    finally:
+        warehouse.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+# --- reports: their own delivery target ----------------------------------------------------------------
+
+
+def test_a_report_goes_to_its_own_webhook_and_never_to_the_alerts_one(
+    webhook: Webhook, slack: Webhook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with _json_receiver() as reports, _json_receiver(answer=b"ok") as reports_slack:
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_REPORTS_WEBHOOK",
+            json.dumps({"conn_type": "http", "host": f"{reports.url}/reports"}),
+        )
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_REPORTS_SLACK",
+            json.dumps({"conn_type": "slackwebhook", "host": reports_slack.url, "password": "T1/B1/R1"}),
+        )
+
+        record = send_report(
+            {"kind": "sales_daily_report", "day": "2026-03-01"},
+            summary="Sales 2026-03-01: 120 orders",
+            link="http://reports.example.test/sales_daily_2026-03-01.html",
+        )
+
+        [delivered] = reports.wait_for(1)
+        [posted] = reports_slack.wait_for(1)
+    assert (delivered.path, delivered.body["day"]) == ("/reports", "2026-03-01")
+    assert posted.body["text"] == "Sales 2026-03-01: 120 orders"
+    assert record["slack"] is True
+    assert webhook.requests == []
+    assert slack.requests == []
+
+    monkeypatch.setenv("AIRFLOW_CONN_REPORTS_WEBHOOK", webhook.url)
+    with pytest.raises(ValueError, match="points at the alerts webhook"):
+        send_report({"kind": "sales_daily_report"}, summary="x")
+    assert webhook.requests == []

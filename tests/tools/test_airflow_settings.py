@@ -34,9 +34,20 @@ REPO_ENV = {
     "DEMO_API_TOKEN": "demo-test-token",
 }
 REPO_IDS = {
-    "connection": ("conn_id", ["warehouse", "demo_api", "alerts_webhook"]),
+    "connection": (
+        "conn_id",
+        [
+            "warehouse",
+            "demo_api",
+            "alerts_webhook",
+            "alerts_slack",
+            "alerts_smtp",
+            "reports_webhook",
+            "reports_slack",
+        ],
+    ),
     "slot_pool": ("pool", ["demo_api", "warehouse"]),
-    "variable": ("key", ["batch_alert_dedup_minutes"]),
+    "variable": ("key", ["batch_alert_dedup_minutes", "batch_alert_email_to"]),
 }
 # The key the applier encrypts passwords, extras and variables with, so the tests can read them back.
 FERNET_KEY = Fernet.generate_key().decode()
@@ -89,7 +100,12 @@ def test_repo_file_resolves_from_the_environment() -> None:
     assert {p.pool_name: p.pool_slot for p in settings.entries["pools"]} == {"demo_api": 2, "warehouse": 4}
     assert {v.variable_name: v.variable_value for v in settings.entries["variables"]} == {
         "batch_alert_dedup_minutes": "60",
+        "batch_alert_email_to": "",  # ${ALERTS_EMAIL_TO:-}: nobody, so tier:3 falls back to the pager
     }
+    # Slack, email and the reports' Slack are off until their token/host is set (skipped, not errors).
+    assert connections["alerts_slack"].conn_password is None
+    assert connections["alerts_smtp"].conn_host is None
+    assert connections["reports_webhook"].conn_host != connections["alerts_webhook"].conn_host
 
 
 def test_repo_file_writes_no_secret_inline() -> None:

@@ -280,3 +280,15 @@ def test_the_alert_inbox_takes_webhooks_without_a_token_and_lists_them(upstream:
     assert (posted.status_code, garbage.status_code) == (200, 400)
     assert upstream.alerts()[before:] == [{"kind": "task_failed", "dag_id": "d"}]
     assert requests.get(f"{upstream.url}/alerts", timeout=5).status_code == 401
+
+
+def test_the_report_inbox_is_its_own_and_lists_with_a_token(upstream: Upstream) -> None:
+    alerts_before, reports_before = len(upstream.alerts()), len(upstream.reports())
+    posted = requests.post(f"{upstream.url}/reports", json={"kind": "sales_daily_report"}, timeout=5)
+    secret_path = requests.post(f"{upstream.url}/reports/T0/B0/x", json={"kind": "other_report"}, timeout=5)
+    garbage = requests.post(f"{upstream.url}/reports", data=b"not json", timeout=5)
+
+    assert (posted.status_code, secret_path.status_code, garbage.status_code) == (200, 200, 400)
+    assert upstream.reports()[reports_before:] == [{"kind": "sales_daily_report"}, {"kind": "other_report"}]
+    assert len(upstream.alerts()) == alerts_before, "a report landed in the alerts inbox"
+    assert requests.get(f"{upstream.url}/reports", timeout=5).status_code == 401
