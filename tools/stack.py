@@ -93,6 +93,43 @@ class RestartPolicy:
 
 
 @dataclass
+class DatabaseWatch:
+    """Keeps the embedded Postgres of `make run` running: started again, with RestartPolicy's backoff,
+    whenever it is found down (killed, crashed, stopped by hand). The components wait for it and are
+    restarted by their own supervision once it answers again."""
+
+    server: EmbeddedPostgres
+    policy: RestartPolicy = field(default_factory=RestartPolicy)
+    restarts: int = 0
+    consecutive_failures: int = 0
+    next_attempt: float = 0.0
+
+    def check(self) -> bool:
+        """One pass; returns whether the server is running afterwards."""
+        if self.server.is_running():
+            self.consecutive_failures = 0
+            return True
+        if time.monotonic() < self.next_attempt:
+            return False
+        print(
+            f"{_iso(time.time())} the embedded Postgres in {self.server.pgdata} is down; starting it",
+            flush=True,
+        )
+        try:
+            self.server.start()
+        except Exception as error:  # a start that fails is retried after the backoff, never fatal
+            self.consecutive_failures += 1
+            delay = self.policy.delay(self.consecutive_failures)
+            self.next_attempt = time.monotonic() + delay
+            print(f"  start failed ({error}); trying again in {delay:.0f}s", flush=True)
+            return False
+        self.restarts += 1
+        self.consecutive_failures = 0
+        print(f"  embedded Postgres running again (restart {self.restarts})", flush=True)
+        return True
+
+
+@dataclass
 class Process:
     """One supervised component: the running incarnation (`popen`) and its restart history."""
 
@@ -709,7 +746,10 @@ def run() -> int:
             "Ctrl-C or `make stop` stops everything.",
             flush=True,
         )
+        database_watch = DatabaseWatch(embedded) if embedded is not None else None
         while not stopping:
+            if database_watch is not None:
+                database_watch.check()
             time.sleep(1)
         return 0
     finally:

