@@ -55,6 +55,8 @@ os.environ.update(
             # Only the `airflow` CLI writes a generated key to airflow.cfg; this process and the CLI
             # subprocesses must share one, or connections stored by one are unreadable by the other.
             "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
+            # No StatsD packets from the test session; tests/automations/test_metrics.py turns it on.
+            "AIRFLOW__METRICS__STATSD_ON": "False",
         },
     )
 )

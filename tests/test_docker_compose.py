@@ -806,3 +806,67 @@ def test_reports_are_delivered_to_their_own_inbox_not_the_alerts_one() -> None:
     assert urlsplit(reports).path == "/reports", reports
     assert reports != alerts
     assert urlsplit(reports).hostname in services(), f"{reports}: not a compose service"
+
+
+# --- metrics and lineage (docs/operations.md, "Metrics and lineage") ----------------------------------
+
+# Long-running Airflow components: each emits its own metrics, and the task runners batchkit's.
+EMITS_METRICS = (API_SERVER, SCHEDULER, ("dag-processor",), ("triggerer",), ("celery", "worker"))
+STATSD_EXPORTER_IMAGE = "prom/statsd-exporter:"
+
+
+def flag(service: dict[str, Any], name: str) -> str | None:
+    """The value of `--name=value` in a service's command."""
+    for argument in as_list(service.get("command")):
+        if argument.startswith(f"--{name}="):
+            return argument.split("=", 1)[1]
+    return None
+
+
+def test_every_airflow_component_sends_tagged_statsd_to_the_exporter() -> None:
+    (exporter,) = [n for n, s in services().items() if s["image"].startswith(STATSD_EXPORTER_IMAGE)]
+    listen_udp = flag(services()[exporter], "statsd.listen-udp")
+    assert listen_udp, f"service {exporter}: no --statsd.listen-udp"
+    udp_port = listen_udp.rsplit(":", 1)[1]
+    for command in EMITS_METRICS:
+        name = service_named_by(command)
+        env = {k: literal_text(v) for k, v in environment(services()[name]).items()}
+        assert env.get("AIRFLOW__METRICS__STATSD_ON", "").lower() == "true", f"service {name}: statsd off"
+        assert (env["AIRFLOW__METRICS__STATSD_HOST"], env["AIRFLOW__METRICS__STATSD_PORT"]) == (
+            exporter,
+            udp_port,
+        ), f"service {name}: metrics do not go to {exporter}:{udp_port}"
+        # Without it plain StatsD drops every tag: no dag_id/task_id on batchkit's metrics.
+        assert env.get("AIRFLOW__METRICS__STATSD_INFLUXDB_ENABLED", "").lower() == "true", name
+        dependency = (services()[name].get("depends_on") or {}).get(exporter) or {}
+        assert dependency.get("condition"), (
+            f"service {name}: may build its StatsD client before {exporter} resolves"
+        )
+
+
+def test_the_exporter_serves_prometheus_on_loopback_and_is_health_checked() -> None:
+    (name,) = [n for n, s in services().items() if s["image"].startswith(STATSD_EXPORTER_IMAGE)]
+    service = services()[name]
+    web_port = int(flag(service, "web.listen-address").rsplit(":", 1)[1])
+    assert web_port in published_container_ports(service)
+    for port in service.get("ports", []):
+        assert literal_text(str(port)).startswith("127.0.0.1:"), f"service {name}: {port} open to the network"
+    assert str(web_port) in " ".join(as_list(service["healthcheck"]["test"]))
+
+
+def test_openlineage_stays_off_unless_a_transport_is_given() -> None:
+    import os
+    import sys
+
+    for command in EMITS_METRICS:
+        env = environment(services()[service_named_by(command)])
+        assert literal_text(env.get("AIRFLOW__OPENLINEAGE__TRANSPORT", "")) == "", command
+    # The empty default is what the installed provider reads as "disabled" (no listener, no events).
+    disabled = subprocess.run(
+        [sys.executable, "-c", "from airflow.providers.openlineage import conf; print(conf.is_disabled())"],
+        env={**os.environ, "AIRFLOW__OPENLINEAGE__TRANSPORT": ""},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert disabled.stdout.strip().splitlines()[-1] == "True", disabled

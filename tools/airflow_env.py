@@ -10,6 +10,11 @@ from tools.metadb import REPO_ROOT
 ADMIN_USER = "admin"
 # Where the api-server listens: this machine only, unless the user opts out (AIRFLOW_HOST=0.0.0.0).
 DEFAULT_BIND_HOST = "127.0.0.1"
+# Where Airflow sends its StatsD metrics (batchkit's included) unless AIRFLOW__METRICS__STATSD_HOST/_PORT
+# say otherwise: a statsd-exporter or Datadog agent on this machine's standard port, or nowhere (UDP).
+DEFAULT_STATSD_HOST = "127.0.0.1"
+DEFAULT_STATSD_PORT = 8125
+STATSD_PREFIX = "airflow"
 
 
 def airflow_env(
@@ -55,5 +60,31 @@ def airflow_env(
             p for p in (str(REPO_ROOT / "config"), str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p
         ),
     }
+    env.update(metrics_env())
     env.update(extra or {})
+    return env
+
+
+def metrics_env(host: str | None = None, port: int | None = None) -> dict[str, str]:
+    """Airflow's `[metrics]`: StatsD over UDP, tags (dag_id, task_id, endpoint, ...) carried InfluxDB-style
+    in the metric name, which statsd-exporter and Telegraf turn into labels (docs/operations.md).
+
+    Host and port: the arguments, else AIRFLOW__METRICS__STATSD_HOST/_PORT from the environment, else
+    127.0.0.1:8125. Any AIRFLOW__METRICS__* already in the environment wins over the other defaults
+    (AIRFLOW__METRICS__STATSD_ON=False turns metrics off).
+    """
+    defaults = {
+        "AIRFLOW__METRICS__STATSD_ON": "True",
+        "AIRFLOW__METRICS__STATSD_HOST": DEFAULT_STATSD_HOST,
+        "AIRFLOW__METRICS__STATSD_PORT": str(DEFAULT_STATSD_PORT),
+        "AIRFLOW__METRICS__STATSD_PREFIX": STATSD_PREFIX,
+        "AIRFLOW__METRICS__STATSD_INFLUXDB_ENABLED": "True",
+    }
+    env = {name: os.environ.get(name, value) for name, value in defaults.items()}
+    if host is not None or port is not None:
+        env["AIRFLOW__METRICS__STATSD_ON"] = "True"
+    if host is not None:
+        env["AIRFLOW__METRICS__STATSD_HOST"] = host
+    if port is not None:
+        env["AIRFLOW__METRICS__STATSD_PORT"] = str(port)
     return env

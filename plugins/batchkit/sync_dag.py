@@ -17,7 +17,6 @@ from pathlib import Path
 from airflow.providers.common.sql.operators.sql import SQLColumnCheckOperator, SQLTableCheckOperator
 from airflow.sdk import DAG, CronDataIntervalTimetable
 
-from batchkit.alerts import AlertRoute
 from batchkit.assets import table_asset
 from batchkit.dag_factory import standard_dag
 from batchkit.operators.sync import (
@@ -50,6 +49,7 @@ def build_sync_dag(spec: SyncSpec) -> DAG:
             interval_params=(source.interval_params.start, source.interval_params.end),
             query_params=source.params,
             retry_policy=source.retry.policy(),
+            max_concurrency=source.max_concurrency,
         ),
         "target": target,
         "sync_key": SYNC_KEY,
@@ -69,11 +69,7 @@ def build_sync_dag(spec: SyncSpec) -> DAG:
         retry_delay=spec.retry_delay,
         doc_md=sync_doc_md(spec),
         description=spec.description,
-        alert_route=AlertRoute(
-            http_conn_id=spec.alerts.webhook_conn_id,
-            endpoint=spec.alerts.endpoint,
-            email_to=tuple(spec.alerts.email_to),
-        ),
+        alert_route=spec.alerts.route(),
     ) as dag:
         extract_stage = StageIntervalOperator(task_id="extract_stage", pool=source.pool, **common)
         verify_quarantine = VerifyIntervalOperator(
@@ -116,6 +112,14 @@ def build_sync_dag(spec: SyncSpec) -> DAG:
     return dag
 
 
+def tier_channels(tags: list[str]) -> str:
+    """`tier:2 -> slack`: the alert channels batchkit.alert_channels.TIER_CHANNELS gives the DAG's tier."""
+    from batchkit.alert_channels import TIER_CHANNELS
+
+    tier = next((tag for tag in tags if tag in TIER_CHANNELS), None)
+    return f"{tier} -> {' + '.join(TIER_CHANNELS[tier])}" if tier else "no tier tag"
+
+
 def sync_doc_md(spec: SyncSpec) -> str:
     """The DAG's docs, from its YAML: purpose, inputs/outputs, backfill, rerun, alerts, runbook."""
     target, source = spec.target, spec.source
@@ -154,9 +158,10 @@ repeated. A backfill may run beside the scheduled runs: a run waits for another 
 interval, and a merge never replaces a row with an older version of it.
 
 ## Alerts
-- `task_failed`: a task failed its last retry (one alert per task per hour). Transient HTTP errors were
-  already retried with backoff inside each try (for up to {source.retry.budget_seconds:g} s) and by
-  Airflow; this is persistent.
+Routed by the DAG's tier ({tier_channels(spec.tags)}); one alert per task and error signature within
+the dedup window (60 min by default), so a new kind of failure still alerts.
+- `task_failed`: a task failed its last retry. Transient HTTP errors were already retried with backoff
+  inside each try (for up to {source.retry.budget_seconds:g} s) and by Airflow; this is persistent.
 - `deadline_missed`: the run was not done {spec.deadline_minutes} min after it was queued.
 
 ## Runbook

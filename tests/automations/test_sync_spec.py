@@ -185,3 +185,24 @@ def test_the_source_query_holds_only_the_files_params_never_the_run_params() -> 
 
     assert extract.source.query_params == {"region": "eu"}
     assert "dry_run" in extract.params
+
+
+def test_a_sync_file_overrides_its_alert_connections_and_the_tier_picks_the_channels(tmp_path: Path) -> None:
+    document = with_field(
+        declared(),
+        "alerts",
+        {"webhook_conn_id": "sales_pager", "slack_conn_id": "sales_slack", "email_to": ["a@x.test"]},
+    )
+    spec = load_spec(write_spec(tmp_path, DAG_ID, document))
+
+    route = spec.alerts.route().routed(tier="tier:2")
+
+    assert (route.http_conn_id, route.slack_conn_id, route.smtp_conn_id) == (
+        "sales_pager",
+        "sales_slack",
+        "alerts_smtp",
+    )
+    # tier:2 is Slack; the file's email_to adds email.
+    assert route.channel_list() == ("slack", "email")
+    with pytest.raises(SyncSpecError, match="slack_conn_id"):
+        load_spec(write_spec(tmp_path, DAG_ID, with_field(document, "alerts.slack_conn_id", "Bad-Id")))

@@ -383,6 +383,169 @@ def test_rate_limit_is_shared_by_threads_on_one_connection() -> None:
     assert time.monotonic() - started >= (per_thread * threads - 1) / rate
 
 
+# --- fetching ahead: prefetch and concurrent pages ----------------------------------------------
+
+AHEAD_STYLES = ["page_number_total_pages", "offset_total"]
+
+
+def fetch_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name.startswith("fetch /")]
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_prefetched_and_concurrent_pages_are_identical_to_the_sequential_fetch(
+    style, upstream, connect
+) -> None:
+    endpoint, pagination, expected_pages = STYLES[style]
+    with RestApiHook(connect(), retry_policy=FAST_RETRIES) as hook:
+        sequential = list(hook.iter_pages(endpoint, pagination=pagination, params=WINDOW, prefetch=False))
+        requested_once = upstream.page_requests(endpoint)
+        prefetched = list(hook.iter_pages(endpoint, pagination=pagination, params=WINDOW))
+        concurrent = list(hook.iter_pages(endpoint, pagination=pagination, params=WINDOW, max_concurrency=4))
+
+    assert ids(sequential) == ALL_ORDER_IDS
+    assert prefetched == sequential
+    assert concurrent == sequential
+    # Each fetch made the sequential fetch's requests, no more: nothing speculative past the total.
+    assert upstream.requests_to(endpoint) == 3 * expected_pages
+    assert upstream.page_requests(endpoint) == {page: 3 * n for page, n in requested_once.items()}
+    assert fetch_threads() == []
+
+
+@pytest.mark.parametrize("style", AHEAD_STYLES)
+def test_concurrent_pages_resume_from_a_next_state_in_order(style, upstream, connect) -> None:
+    endpoint, pagination, expected_pages = STYLES[style]
+    with RestApiHook(connect()) as hook:
+        first_run = hook.iter_pages(endpoint, pagination=pagination, params=WINDOW, max_concurrency=4)
+        done = [next(first_run) for _ in range(2)]
+        first_run.close()
+        upstream.reset()
+        rest = list(
+            hook.iter_pages(
+                endpoint,
+                pagination=pagination,
+                params=WINDOW,
+                resume_from=done[-1].next_state,
+                max_concurrency=3,
+            )
+        )
+
+    assert ids(done + rest) == ALL_ORDER_IDS
+    assert_well_formed(rest, first_number=3)
+    assert upstream.page_requests(endpoint) == {page: 1 for page in range(3, expected_pages + 1)}
+
+
+@pytest.mark.parametrize("style", AHEAD_STYLES)
+def test_concurrent_requests_overlap_their_latency(style, upstream, connect) -> None:
+    delay = 0.3
+    upstream.set_faults({"kind": "slow", "delay": delay, "times": None})
+    endpoint, pagination, expected_pages = STYLES[style]
+    started = time.monotonic()
+    with RestApiHook(connect()) as hook:
+        pages = list(hook.iter_pages(endpoint, pagination=pagination, params=WINDOW, max_concurrency=4))
+    elapsed = time.monotonic() - started
+
+    assert ids(pages) == ALL_ORDER_IDS
+    # Page 1 alone (it states the total), then pages 2-7 four at a time: 3 round trips, not 7.
+    assert elapsed < (expected_pages - 2) * delay
+    assert upstream.stats()["connections"] >= 3
+
+
+def test_a_permanent_4xx_in_a_concurrent_fetch_fails_at_once_after_the_pages_before_it(
+    upstream, connect
+) -> None:
+    upstream.set_faults({"kind": "status", "status": 404, "path": "/v1/orders", "page": 3, "times": None})
+    endpoint, pagination, _ = STYLES["page_number_total_pages"]
+    received: list[Page] = []
+    started = time.monotonic()
+    with RestApiHook(connect(), retry_policy=RetryPolicy(backoff_initial=5)) as hook:
+        pages = hook.iter_pages(endpoint, pagination=pagination, params=WINDOW, max_concurrency=4)
+        with pytest.raises(AirflowFailException, match=r"GET /v1/orders page 3 failed with HTTP 404"):
+            received.extend(pages)  # keeps the pages yielded before the error
+
+    assert [page.number for page in received] == [1, 2]
+    assert upstream.page_requests(endpoint)[3] == 1  # not retried
+    assert time.monotonic() - started < 1.0
+    assert fetch_threads() == []
+
+
+@pytest.mark.parametrize("style", ["cursor", "page_number_total_pages"])
+def test_transient_errors_in_a_fetch_thread_are_retried_there(style, upstream, connect) -> None:
+    endpoint, pagination, _ = STYLES[style]
+    upstream.set_faults({"kind": "status", "status": 503, "path": endpoint, "page": 3, "times": 2})
+    with RestApiHook(connect(), retry_policy=FAST_RETRIES) as hook:
+        pages = list(hook.iter_pages(endpoint, pagination=pagination, params=WINDOW, max_concurrency=4))
+
+    assert ids(pages) == ALL_ORDER_IDS
+    assert upstream.page_requests(endpoint)[3] == 3
+
+
+@pytest.mark.parametrize("style", ["link_header", "offset_total"])
+def test_retries_exhausted_in_a_fetch_thread_surface_as_retries_exhausted(style, upstream, connect) -> None:
+    endpoint, pagination, _ = STYLES[style]
+    upstream.set_faults({"kind": "status", "status": 502, "path": endpoint, "page": 2, "times": None})
+    policy = RetryPolicy(max_attempts=3, backoff_initial=0.01, backoff_max=0.02)
+    with (
+        RestApiHook(connect(), retry_policy=policy) as hook,
+        pytest.raises(RetriesExhaustedError, match=rf"GET {endpoint} page 2: gave up after 3 attempt"),
+    ):
+        list(hook.iter_pages(endpoint, pagination=pagination, params=WINDOW, max_concurrency=4))
+
+    assert upstream.page_requests(endpoint)[2] == 3
+    assert fetch_threads() == []
+
+
+@pytest.mark.parametrize("style", ["cursor", "page_number_total_pages"])
+def test_closing_the_pages_early_stops_the_fetch_threads_even_mid_backoff(style, upstream, connect) -> None:
+    endpoint, pagination, _ = STYLES[style]
+    # Page 3 keeps failing, and each retry would wait up to 20 s.
+    upstream.set_faults({"kind": "status", "status": 503, "path": endpoint, "page": 3, "times": None})
+    policy = RetryPolicy(backoff_initial=20, backoff_max=20, max_total_seconds=600)
+    with RestApiHook(connect(), retry_policy=policy) as hook:
+        pages = hook.iter_pages(endpoint, pagination=pagination, params=WINDOW, max_concurrency=4)
+        assert next(pages).number == 1
+        assert next(pages).number == 2
+        time.sleep(0.3)  # page 3's fetch is in its backoff by now
+        assert fetch_threads()
+        started = time.monotonic()
+        pages.close()
+        closed_in = time.monotonic() - started
+
+    assert closed_in < 2.0
+    assert fetch_threads() == []
+    requests_after_close = upstream.requests_to(endpoint)
+    time.sleep(0.2)
+    assert upstream.requests_to(endpoint) == requests_after_close
+
+
+def test_max_concurrency_must_be_positive(connect) -> None:
+    with RestApiHook(connect()) as hook, pytest.raises(ValueError, match="max_concurrency"):
+        next(hook.iter_pages("/v1/orders", pagination=STYLES["cursor"][1], params=WINDOW, max_concurrency=0))
+
+
+def test_styles_with_a_stated_total_plan_every_following_request() -> None:
+    pages = PageNumberPagination(page_size=10, total_pages_field="total_pages")
+    first = pages.first_request()
+    body = {"data": [{}] * 10, "total_pages": 4}
+    response = PageResponse("http://api/x", body, {})
+    assert pages.plans_ahead
+    assert [r.params["page"] for r in pages.remaining_requests(first, response, body["data"])] == [2, 3, 4]
+    last = PageRequest({**first.params, "page": 4})
+    assert pages.remaining_requests(last, response, body["data"]) == []
+
+    offsets = OffsetPagination(limit=10, total_field="total")
+    request = PageRequest({"offset": 10, "limit": 10})
+    response = PageResponse("http://api/x", {"data": [{}] * 10, "total": 45}, {})
+    planned = offsets.remaining_requests(request, response, [{}] * 10)
+    assert [r.params["offset"] for r in planned] == [20, 30, 40]
+    assert planned[0] == offsets.next_request(request, response, [{}] * 10)
+
+    assert not PageNumberPagination().plans_ahead
+    assert not OffsetPagination().plans_ahead
+    assert not CursorPagination().plans_ahead
+    assert CursorPagination().remaining_requests(request, response, []) is None
+
+
 # --- plain logic --------------------------------------------------------------------------------
 
 

@@ -322,6 +322,116 @@ def test_a_killed_run_resumes_after_its_last_committed_page(
     assert checkpoint(warehouse, identity)[0] == "complete"
 
 
+# A day of the demo upstream's orders, read through the real RestApiHook four pages at a time.
+DEMO_ORDERS, DEMO_PAGE_SIZE, DEMO_CONCURRENCY = 1_000, 100, 4
+DEMO_ENDPOINT = "/v1/orders"
+DEMO_QUERY = {
+    "per_day": DEMO_ORDERS,
+    "updated_since": DAY_1.start.isoformat(),
+    "updated_before": DAY_1.end.isoformat(),
+}
+
+
+def demo_fetcher(conn_id: str, *, kill_after: int | None = None):
+    """fetch_pages over the demo upstream through RestApiHook, max_concurrency 4. With `kill_after`, the
+    process SIGKILLs itself when asked for the page after that one: by then it is committed, and the
+    next pages' requests are in flight on the hook's fetch threads."""
+    from batchkit.extract.pagination import PageNumberPagination
+    from batchkit.hooks.rest_api import RestApiHook
+
+    pagination = PageNumberPagination(page_size=DEMO_PAGE_SIZE, total_pages_field="total_pages")
+    calls: list[tuple[Mapping[str, Any] | None, int]] = []
+
+    def fetch(state: Mapping[str, Any] | None, pages_done: int) -> Iterator[Page]:
+        calls.append((state, pages_done))
+        with RestApiHook(conn_id) as api:
+            for page in api.iter_pages(
+                DEMO_ENDPOINT,
+                pagination=pagination,
+                params=DEMO_QUERY,
+                resume_from=state,
+                max_concurrency=DEMO_CONCURRENCY,
+            ):
+                if page.number - 1 == kill_after:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                yield page
+
+    fetch.calls = calls  # type: ignore[attr-defined]
+    return fetch
+
+
+def _run_demo_until_killed(conninfo: str, dag_id: str, kill_after: int) -> None:
+    """Child process: sync the demo day through the real hook, SIGKILLed after `kill_after` pages."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        sync(
+            conn,
+            run_identity(dag_id, run_id="scheduled__killed"),
+            demo_fetcher("demo_api", kill_after=kill_after),
+        )
+
+
+def test_a_run_killed_while_fetching_concurrently_resumes_without_a_missing_or_duplicated_page(
+    warehouse: psycopg.Connection, warehouse_conninfo: str, dag_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.upstream import running_upstream
+
+    total_pages, kill_after = DEMO_ORDERS // DEMO_PAGE_SIZE, 3
+    with running_upstream() as upstream:
+        connection = upstream.connection_json()
+        # Slow pages keep several requests in flight when the kill lands.
+        upstream.set_faults({"kind": "slow", "delay": 0.05, "times": None})
+        child = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from tests.batchkit.test_sync import _run_demo_until_killed as r; "
+                f"r({warehouse_conninfo!r}, {dag_id!r}, {kill_after})",
+            ],
+            cwd=REPO_ROOT,
+            env={
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "plugins"), str(REPO_ROOT)]),
+                "AIRFLOW_CONN_DEMO_API": connection,
+            },
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert child.returncode == -signal.SIGKILL, child.stderr
+        requested_before_kill = upstream.page_requests(DEMO_ENDPOINT)
+        identity = run_identity(dag_id, run_id="scheduled__retry")
+        state = checkpoint(warehouse, identity)
+        assert state[:5] == (
+            "in_progress",
+            kill_after,
+            kill_after * DEMO_PAGE_SIZE,
+            kill_after * DEMO_PAGE_SIZE,
+            0,
+        )
+        # Pages beyond the committed ones had been requested: the kill came mid-concurrent-fetch.
+        assert max(requested_before_kill) > kill_after + 1
+
+        upstream.reset()
+        monkeypatch.setenv("AIRFLOW_CONN_DEMO_API", connection)
+        fetch = demo_fetcher("demo_api")
+        result = sync(warehouse, identity, fetch)
+        requested_on_resume = upstream.page_requests(DEMO_ENDPOINT)
+
+    assert fetch.calls == [(state[5], kill_after)]
+    assert requested_on_resume == {page: 1 for page in range(kill_after + 1, total_pages + 1)}
+    assert result.resumed_from_page == kill_after + 1
+    # Received counts every page once: a duplicated page would count 100 more, a missing one 100 fewer.
+    assert (result.pages, result.received, result.loaded, result.quarantined) == (
+        total_pages,
+        DEMO_ORDERS,
+        DEMO_ORDERS,
+        0,
+    )
+    day_key = 20240501 * 10**7
+    assert [row[0] for row in orders(warehouse)] == [day_key + i for i in range(DEMO_ORDERS)]
+    assert checkpoint(warehouse, identity)[0] == "complete"
+
+
 def test_staging_lost_in_a_server_crash_restarts_the_interval(
     warehouse: psycopg.Connection, dag_id: str
 ) -> None:
@@ -594,3 +704,31 @@ def test_the_phases_run_as_separate_tasks_and_a_rerun_merge_changes_nothing(ware
     assert not staging_exists(warehouse, identity)
     assert (again.received, again.loaded, again.inserted) == (3, 3, None)
     assert checksum(warehouse) == after_first_merge
+
+
+def test_a_sync_file_declares_max_concurrency_for_pages_with_a_stated_total() -> None:
+    import yaml
+    from pydantic import ValidationError
+
+    from batchkit.sync_dag import build_sync_dag
+    from batchkit.sync_spec import SyncSpec
+
+    document = yaml.safe_load((REPO_ROOT / "include/automations/sales_orders_sync.yaml").read_text())
+    assert SyncSpec.model_validate(document).source.max_concurrency == 1  # the default
+
+    document["source"]["endpoint"] = "/v1/orders"
+    document["source"]["pagination"] = {
+        "style": "page_number",
+        "page_size": 1000,
+        "total_pages_field": "total_pages",
+    }
+    document["source"]["max_concurrency"] = 4
+    dag = build_sync_dag(SyncSpec.model_validate(document))
+    assert dag.get_task("extract_stage").source.max_concurrency == 4
+
+    document["source"]["pagination"] = {"style": "cursor", "size_param": "limit", "page_size": 1000}
+    with pytest.raises(ValidationError, match="max_concurrency above 1 needs pagination that states"):
+        SyncSpec.model_validate(document)
+    document["source"]["max_concurrency"] = 17
+    with pytest.raises(ValidationError, match="max_concurrency"):
+        SyncSpec.model_validate(document)

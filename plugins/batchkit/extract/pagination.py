@@ -17,7 +17,6 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urljoin, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, TypeAdapter
-from requests.utils import parse_header_links
 
 
 class PageFormatError(ValueError):
@@ -84,6 +83,18 @@ class _Style(BaseModel):
             )
         return records
 
+    def remaining_requests(
+        self, request: PageRequest, response: PageResponse, records: list[dict[str, Any]]
+    ) -> list[PageRequest] | None:
+        """The requests of every page after `request`, when this response makes them knowable in
+        advance (a stated total); None when each next request depends on the previous response."""
+        return None
+
+    @property
+    def plans_ahead(self) -> bool:
+        """Whether a response can state every request after it, so pages may be fetched concurrently."""
+        return False
+
 
 class PageNumberPagination(_Style):
     """?page=N&page_size=S; ends on an empty page, or on the last page when the body states the total."""
@@ -94,6 +105,10 @@ class PageNumberPagination(_Style):
     page_size: PositiveInt = 100
     first_page: int = 1
     total_pages_field: str | None = None
+
+    @property
+    def plans_ahead(self) -> bool:
+        return self.total_pages_field is not None
 
     def first_request(self) -> PageRequest:
         return PageRequest({self.page_param: self.first_page, self.size_param: self.page_size})
@@ -112,6 +127,20 @@ class PageNumberPagination(_Style):
                 return None
         return PageRequest({**request.params, self.page_param: page + 1})
 
+    def remaining_requests(
+        self, request: PageRequest, response: PageResponse, records: list[dict[str, Any]]
+    ) -> list[PageRequest] | None:
+        """Every request after `request`, when the body states the total pages; else None."""
+        if self.total_pages_field is None or request.url is not None:
+            return None
+        if self.next_request(request, response, records) is None:
+            return []
+        page, total_pages = (
+            int(request.params[self.page_param]),
+            field_at(response.body, self.total_pages_field),
+        )
+        return [PageRequest({**request.params, self.page_param: n}) for n in range(page + 1, total_pages + 1)]
+
 
 class OffsetPagination(_Style):
     """?offset=O&limit=L; the next offset counts the records received, so a server-side cap on L is safe."""
@@ -121,6 +150,10 @@ class OffsetPagination(_Style):
     limit_param: str = "limit"
     limit: PositiveInt = 100
     total_field: str | None = None
+
+    @property
+    def plans_ahead(self) -> bool:
+        return self.total_field is not None
 
     def first_request(self) -> PageRequest:
         return PageRequest({self.offset_param: 0, self.limit_param: self.limit})
@@ -138,6 +171,20 @@ class OffsetPagination(_Style):
             if offset >= total:
                 return None
         return PageRequest({**request.params, self.offset_param: offset})
+
+    def remaining_requests(
+        self, request: PageRequest, response: PageResponse, records: list[dict[str, Any]]
+    ) -> list[PageRequest] | None:
+        """Every request after `request` when the body states the total, assuming full pages of `limit`
+        records from there on (the consumer checks each page's real next request against this plan)."""
+        if self.total_field is None or request.url is not None:
+            return None
+        following = self.next_request(request, response, records)
+        if following is None:
+            return []
+        total, limit = field_at(response.body, self.total_field), int(request.params[self.limit_param])
+        start = int(following.params[self.offset_param])
+        return [PageRequest({**request.params, self.offset_param: o}) for o in range(start, total, limit)]
 
 
 class CursorPagination(_Style):
@@ -191,6 +238,10 @@ def link_target(link_header: str | None, rel: str, *, base_url: str) -> str | No
     """
     if not link_header:
         return None
+    # Imported here: every sync DAG file imports this module at parse time, and requests (with urllib3)
+    # is a large share of that import; only a task fetching link-header pages needs it.
+    from requests.utils import parse_header_links
+
     for link in parse_header_links(link_header):
         if rel in link.get("rel", "").split():
             target = urljoin(base_url, link["url"])

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import requests
 import tenacity
@@ -95,7 +95,11 @@ def check_status(response: requests.Response, request: str) -> None:
 
 
 class _WaitRetryAfterOrBackoff(tenacity.wait.wait_base):
-    """The server's Retry-After (capped) when it sent one, else the fallback backoff."""
+    """The backoff, but never less than the server's Retry-After (capped) when it sent one.
+
+    Retry-After is a floor, not the whole wait: a server answering `Retry-After: 0` to every request
+    would otherwise be retried in a tight loop for the policy's whole time budget.
+    """
 
     def __init__(self, fallback: tenacity.wait.wait_base, retry_after_max: float) -> None:
         self.fallback = fallback
@@ -103,9 +107,10 @@ class _WaitRetryAfterOrBackoff(tenacity.wait.wait_base):
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> float:
         error = retry_state.outcome.exception() if retry_state.outcome else None
+        backoff = self.fallback(retry_state)
         if isinstance(error, TransientHttpError) and error.retry_after is not None:
-            return min(error.retry_after, self.retry_after_max)
-        return self.fallback(retry_state)
+            return max(min(error.retry_after, self.retry_after_max), backoff)
+        return backoff
 
 
 @dataclass(frozen=True)
@@ -113,7 +118,7 @@ class RetryPolicy:
     """How one request is retried: a total time budget, full-jitter backoff, Retry-After cap.
 
     The n-th retry waits a random time in [0, min(backoff_max, backoff_initial * 2**(n-1))] (AWS "full
-    jitter"), unless the server sent Retry-After. No retry starts once `max_total_seconds` since the
+    jitter"), and never less than the server's Retry-After (capped). No retry starts once `max_total_seconds` since the
     first attempt would be exceeded: the budget, not a count, decides, so an outage shorter than the
     budget is ridden out inside one Airflow try. `max_attempts` (None: no cap) also bounds the count.
     """
@@ -137,10 +142,12 @@ class RetryPolicy:
         *,
         request: str,
         on_retry: Callable[[tenacity.RetryCallState], None] | None = None,
+        sleep: Callable[[float], Any] | None = None,
     ) -> T:
         """Run `attempt` until it succeeds, fails permanently, or the policy gives up.
 
         `on_retry` runs before each sleep (retry_state.upcoming_sleep is the wait about to happen).
+        `sleep` waits between attempts (time.sleep by default; an Event's wait ends a wait early).
         """
 
         def give_up(retry_state: tenacity.RetryCallState) -> T:
@@ -159,6 +166,7 @@ class RetryPolicy:
             stop=self._stop(),
             before_sleep=on_retry,
             retry_error_callback=give_up,
+            **({} if sleep is None else {"sleep": sleep}),
         )
         return retrying(attempt)
 

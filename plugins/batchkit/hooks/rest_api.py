@@ -16,8 +16,14 @@ the Task SDK masks the connection's password and extra in task logs.
 
 from __future__ import annotations
 
+import contextlib
+import queue
+import threading
 import time
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -118,86 +124,182 @@ class RestApiHook(HttpHook):
         params: Mapping[str, Any] | None = None,
         resume_from: Mapping[str, Any] | None = None,
         validators: ValidatorStore | None = None,
+        max_concurrency: int = 1,
+        prefetch: bool = True,
     ) -> Iterator[Page]:
-        """Yield the pages of `endpoint` one at a time; the last one has next_state None.
+        """Yield the pages of `endpoint` one at a time, in order; the last one has next_state None.
 
         An empty result is one empty last page. `resume_from` is a next_state of an earlier Page: the
         pages before it are not requested again and numbering continues. `params` are sent with every
         request except server-given next links, which carry their own query.
+
+        Fetching runs ahead of the consumer on worker threads (network I/O only; the caller's thread
+        does the validating and staging): with `prefetch` one background thread requests the next
+        page as soon as it has parsed the current one and hands pages over through a queue of one, so a
+        latency-bound source costs max(latency, processing) per page, not their sum. With `max_concurrency` > 1 and a style whose responses state the total
+        (page_number with total_pages_field, offset with total_field), up to that many requests are in
+        flight at once. Either way pages are yielded strictly in order, each page's next_state is the
+        one a sequential fetch would give (a page whose real next request differs from the plan drops
+        the plan and continues sequentially from it), every request goes through the same rate limit
+        and retry policy, and an error raised fetching a page is raised here, with its own type, when
+        the consumer reaches that page. Closing the generator early cancels what has not started and
+        waits for the requests in flight (their retries stop at once). Memory stays flat: at most
+        three pages exist at once with prefetch (the consumer's, the queued one, the one in flight), at
+        most `max_concurrency` + 1 with concurrent fetching.
 
         With `validators`, a page whose request URL has a stored ETag is requested with If-None-Match;
         a 304 yields the page with no records (it is unchanged since the caller stored it) and continues
         from the stored next request. Only sound for loads that upsert: a load that replaces everything
         it is given would drop the unchanged pages' rows.
         """
-        session = self.session
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
+        self.session  # noqa: B018 - set up the session, send options and rate limit once, on this thread
         if resume_from is None:
             number, request = 1, pagination.first_request()
         else:
             number, request = PageRequest.from_state(resume_from)
         base_params = dict(params or {})
+        concurrency = max_concurrency if pagination.plans_ahead else 1
         log.info(
             "extract_started",
             endpoint=endpoint,
             params=base_params,
             pagination=pagination.style,
             first_page=number,
+            max_concurrency=concurrency,
+            prefetch=prefetch,
         )
-        while True:
-            what = f"GET {endpoint} page {number}"
-            started = time.monotonic()
-            if request.url is not None:
-                url, query = request.url, None
-            else:
-                url, query = (
-                    self.url_from_endpoint(endpoint),
-                    sorted({**base_params, **request.params}.items()),
-                )
-            prepared = session.prepare_request(requests.Request("GET", url, params=query))
-            validator = validators.get(prepared.url) if validators is not None else None
-            if validator is not None:
-                prepared.headers["If-None-Match"] = validator["etag"]
-            response, retries = self._send(prepared, endpoint, what)
 
-            if response.status_code == 304 and validator is not None:
-                records: list[dict[str, Any]] = []
-                next_request = (
-                    None if validator["next"] is None else PageRequest.from_state(validator["next"])[1]
-                )
-            else:
-                records, next_request = self._parse(response, pagination, request, what)
-                etag = response.headers.get("ETag")
-                if validators is not None and etag:
-                    validators[prepared.url] = {
-                        "etag": etag,
-                        "next": None if next_request is None else next_request.to_state(number + 1),
-                    }
-            seconds = time.monotonic() - started
-            log.info(
-                "page_fetched",
-                endpoint=endpoint,
-                page=number,
-                rows=len(records),
-                latency_ms=round(seconds * 1000, 1),
-                retries=retries,
-                not_modified=response.status_code == 304,
+        stop = threading.Event()
+
+        def fetch(number: int, request: PageRequest) -> _Fetched:
+            return self._fetch_page(endpoint, pagination, base_params, validators, number, request, stop)
+
+        if not prefetch and concurrency == 1:
+            while True:
+                fetched = fetch(number, request)
+                yield fetched.page
+                if fetched.next_request is None:
+                    return
+                number, request = number + 1, fetched.next_request
+
+        if concurrency == 1:
+            yield from _fetched_ahead(fetch, number, request, stop, name=f"fetch {endpoint}")
+            return
+
+        # Requests in flight, in page order: (number, request, future).
+        in_flight: deque[tuple[int, PageRequest, Future[_Fetched]]] = deque()
+        plan: Iterator[PageRequest] | None = None  # requests after the last one in flight
+        pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"fetch {endpoint}")
+        try:
+            in_flight.append((number, request, pool.submit(fetch, number, request)))
+            while in_flight:
+                number, request, future = in_flight.popleft()
+                fetched = future.result()  # the fetch's own exception, raised on this thread
+                following = fetched.next_request
+                if in_flight and in_flight[0][1] != following:
+                    # The response disagrees with the plan (a short page, a changed total): drop the
+                    # speculative requests and go on sequentially from what the response says.
+                    log.info("extract_plan_dropped", endpoint=endpoint, page=number, dropped=len(in_flight))
+                    _cancel(in_flight)
+                    plan = None
+                if following is not None:
+                    if not in_flight:
+                        in_flight.append((number + 1, following, pool.submit(fetch, number + 1, following)))
+                        if concurrency > 1:
+                            remaining = fetched.remaining_requests
+                            plan = (
+                                iter(remaining[1:])
+                                if remaining is not None and remaining[:1] == [following]
+                                else None
+                            )
+                    while plan is not None and len(in_flight) < concurrency:
+                        planned = next(plan, None)
+                        if planned is None:
+                            plan = None
+                            break
+                        after = in_flight[-1][0] + 1
+                        in_flight.append((after, planned, pool.submit(fetch, after, planned)))
+                yield fetched.page
+        finally:
+            stop.set()
+            _cancel(in_flight)
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _fetch_page(
+        self,
+        endpoint: str,
+        pagination: Pagination,
+        base_params: Mapping[str, Any],
+        validators: ValidatorStore | None,
+        number: int,
+        request: PageRequest,
+        stop: threading.Event,
+    ) -> _Fetched:
+        """One page: request (retried per the policy), parse, and what comes after it."""
+        session = self.session
+        what = f"GET {endpoint} page {number}"
+        started = time.monotonic()
+        if request.url is not None:
+            url, query = request.url, None
+        else:
+            url, query = (
+                self.url_from_endpoint(endpoint),
+                sorted({**base_params, **request.params}.items()),
             )
-            count("extract.pages", endpoint=endpoint)
-            count("extract.records", len(records), endpoint=endpoint)
-            timing("extract.page_latency", seconds, endpoint=endpoint)
-            yield Page(number, records, None if next_request is None else next_request.to_state(number + 1))
-            if next_request is None:
-                return
-            number, request = number + 1, next_request
+        prepared = session.prepare_request(requests.Request("GET", url, params=query))
+        validator = validators.get(prepared.url) if validators is not None else None
+        if validator is not None:
+            prepared.headers["If-None-Match"] = validator["etag"]
+        response, retries = self._send(prepared, endpoint, what, stop)
+
+        remaining: list[PageRequest] | None = None
+        if response.status_code == 304 and validator is not None:
+            records: list[dict[str, Any]] = []
+            next_request = None if validator["next"] is None else PageRequest.from_state(validator["next"])[1]
+        else:
+            records, next_request, remaining = self._parse(response, pagination, request, what)
+            etag = response.headers.get("ETag")
+            if validators is not None and etag:
+                validators[prepared.url] = {
+                    "etag": etag,
+                    "next": None if next_request is None else next_request.to_state(number + 1),
+                }
+        seconds = time.monotonic() - started
+        log.info(
+            "page_fetched",
+            endpoint=endpoint,
+            page=number,
+            rows=len(records),
+            latency_ms=round(seconds * 1000, 1),
+            retries=retries,
+            not_modified=response.status_code == 304,
+        )
+        count("extract.pages", endpoint=endpoint)
+        count("extract.records", len(records), endpoint=endpoint)
+        timing("extract.page_latency", seconds, endpoint=endpoint)
+        page = Page(number, records, None if next_request is None else next_request.to_state(number + 1))
+        return _Fetched(page, next_request, remaining)
 
     def _send(
-        self, prepared: requests.PreparedRequest, endpoint: str, what: str
+        self,
+        prepared: requests.PreparedRequest,
+        endpoint: str,
+        what: str,
+        stop: threading.Event | None = None,
     ) -> tuple[requests.Response, int]:
-        """One page's response, retried per the policy; also returns how many retries it took."""
+        """One page's response, retried per the policy; also returns how many retries it took.
+
+        Once `stop` is set (the consumer closed the pages), no further attempt starts and a backoff
+        wait ends early: FetchCancelledError instead.
+        """
         session = self.session
         retries = 0
 
         def attempt() -> requests.Response:
+            if stop is not None and stop.is_set():
+                raise FetchCancelledError(f"{what}: cancelled, the consumer stopped reading pages")
             if self._bucket is not None:
                 self._bucket.acquire()
             try:
@@ -224,12 +326,13 @@ class RestApiHook(HttpHook):
             )
             count("http.retries", endpoint=endpoint)
 
-        return self.retry_policy.call(attempt, request=what, on_retry=on_retry), retries
+        sleep = None if stop is None else stop.wait
+        return self.retry_policy.call(attempt, request=what, on_retry=on_retry, sleep=sleep), retries
 
     @staticmethod
     def _parse(
         response: requests.Response, pagination: Pagination, request: PageRequest, what: str
-    ) -> tuple[list[dict[str, Any]], PageRequest | None]:
+    ) -> tuple[list[dict[str, Any]], PageRequest | None, list[PageRequest] | None]:
         # msgspec (an Airflow core dependency) parses a page in about half the time of json.loads, and
         # holds to RFC 8259: NaN, Infinity and numbers beyond float64 are malformed, not guessed at.
         try:
@@ -240,11 +343,80 @@ class RestApiHook(HttpHook):
             ) from error
         try:
             records = pagination.records(body)
-            return records, pagination.next_request(
-                request, PageResponse(response.url, body, response.headers), records
+            parsed = PageResponse(response.url, body, response.headers)
+            return (
+                records,
+                pagination.next_request(request, parsed, records),
+                pagination.remaining_requests(request, parsed, records),
             )
         except PageFormatError as error:
             raise AirflowFailException(f"{what}: {error}") from error
+
+
+class FetchCancelledError(Exception):
+    """A page request abandoned because the consumer closed the pages; never reaches the consumer."""
+
+
+@dataclass(frozen=True)
+class _Fetched:
+    page: Page
+    next_request: PageRequest | None  # what the response says comes next (None: last page)
+    remaining_requests: list[PageRequest] | None  # every request after this page, if knowable
+
+
+def _fetched_ahead(
+    fetch: Callable[[int, PageRequest], _Fetched],
+    number: int,
+    request: PageRequest,
+    stop: threading.Event,
+    *,
+    name: str,
+) -> Iterator[Page]:
+    """The pages from one background thread that fetches one page ahead of the consumer.
+
+    The thread requests page n+1 as soon as it has parsed page n, then hands n over through a queue of
+    one: at most three pages exist at once (the consumer's, the queued one, the one being fetched).
+    Sending right after parsing, while the consumer usually waits for that very page, also keeps the
+    request off the consumer's GIL time slices.
+    """
+    handoff: queue.Queue[_Fetched | BaseException] = queue.Queue(maxsize=1)
+
+    def run() -> None:
+        current, following = number, request
+        try:
+            while not stop.is_set():
+                fetched = fetch(current, following)
+                handoff.put(fetched)
+                if fetched.next_request is None:
+                    return
+                current, following = current + 1, fetched.next_request
+        except BaseException as error:  # handed to the consumer, raised there with its own type
+            handoff.put(error)
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = handoff.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item.page
+            if item.next_request is None:
+                return
+    finally:
+        stop.set()
+        # The thread puts at most one more item after `stop` (its fetch in flight, or that fetch's
+        # error); emptying the queue once lets that put through, so the join cannot hang on it.
+        with contextlib.suppress(queue.Empty):
+            handoff.get_nowait()
+        thread.join()
+
+
+def _cancel(in_flight: deque[tuple[int, PageRequest, Future[_Fetched]]]) -> None:
+    """Cancel queued fetches; running ones finish (their result is dropped)."""
+    for _, _, future in in_flight:
+        future.cancel()
+    in_flight.clear()
 
 
 def _as_timeout(value: Any) -> float | tuple[float, float]:

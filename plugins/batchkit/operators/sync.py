@@ -31,7 +31,7 @@ from batchkit.extract.pagination import Pagination
 from batchkit.extract.retry import RetryPolicy
 from batchkit.intervals import task_interval
 from batchkit.load.postgres import TargetSpec
-from batchkit.observability import get_logger
+from batchkit.observability import get_logger, sync_lineage
 from batchkit.sync import SyncResult, merge_interval, stage_interval, verify_interval
 
 # When a run that found its interval busy asks the scheduler to run it again.
@@ -65,6 +65,8 @@ class IntervalSource:
     # Not `params`: BaseOperator takes that name for the DAG's run params (dry_run, ...).
     query_params: Mapping[str, Any] = field(default_factory=dict)
     retry_policy: RetryPolicy | None = None
+    # Page requests in flight at once (RestApiHook.iter_pages); above 1 only where the pages are known.
+    max_concurrency: int = 1
 
     def stage(
         self,
@@ -91,7 +93,11 @@ class IntervalSource:
                 contract=self.contract,
                 identity=identity,
                 fetch_pages=lambda state, _done: api.iter_pages(
-                    self.endpoint, pagination=self.pagination, params=query, resume_from=state
+                    self.endpoint,
+                    pagination=self.pagination,
+                    params=query,
+                    resume_from=state,
+                    max_concurrency=self.max_concurrency,
                 ),
                 dry_run=dry_run,
                 max_quarantine_ratio=max_quarantine_ratio,
@@ -131,6 +137,16 @@ class _IntervalSyncOperator(BaseOperator):
 
         return WarehouseHook(postgres_conn_id=self.warehouse_conn_id).autocommit_connection()
 
+    def _lineage(self, *, wrote: bool) -> Any:
+        """OpenLineage datasets of this step: the source endpoint in, the target table out."""
+        return sync_lineage(
+            http_conn_id=self.source.http_conn_id,
+            endpoint=self.source.endpoint,
+            postgres_conn_id=self.warehouse_conn_id,
+            table=self.target.table,
+            wrote=wrote,
+        )
+
 
 class StageIntervalOperator(_IntervalSyncOperator):
     """Fetch every page of the run's interval, validate it, stage it and quarantine the rejects.
@@ -149,6 +165,13 @@ class StageIntervalOperator(_IntervalSyncOperator):
                 dry_run=dry_run_requested(context),
             )
         return summary(result, identity)
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """Lineage (OpenLineage provider): the endpoint feeds the target table; a dry run wrote nothing.
+
+        The staging table is left out: it is the sync's private per-interval buffer, not a dataset.
+        """
+        return self._lineage(wrote=not dry_run_requested(task_instance.get_template_context()))
 
 
 class VerifyIntervalOperator(_IntervalSyncOperator):
@@ -180,6 +203,10 @@ class MergeIntervalOperator(VerifyIntervalOperator):
     """Merge the verified staging into the target in one transaction (verifying again first)."""
 
     step = staticmethod(merge_interval)
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """Lineage (OpenLineage provider): the merge writes the endpoint's records to the target table."""
+        return self._lineage(wrote=True)
 
 
 def summary(result: SyncResult, identity: RunIdentity) -> dict[str, Any]:
