@@ -520,6 +520,35 @@ def test_a_backfill_of_older_days_never_moves_rows_back_to_an_older_version(
     assert orders(warehouse) == [(1, Decimal("0.00"), "refunded"), (2, Decimal("10.00"), "paid")]
 
 
+def test_a_seven_day_backfill_after_newer_days_leaves_every_row_at_its_newest_version(
+    warehouse: psycopg.Connection, dag_id: str
+) -> None:
+    """The same 20 orders change every day; days 8-10 load first (today's runs), then days 1-7 (the
+    backfill, run twice). The table must equal loading the ten days in order."""
+    versioned = dataclasses.replace(TARGET, version_column="updated_at")
+    days = [DataInterval(DAY_1.start + timedelta(days=n), DAY_1.end + timedelta(days=n)) for n in range(10)]
+
+    def load(day_numbers: list[int], run: str) -> None:
+        for n in day_numbers:
+            changes = [
+                order(i, day=days[n], amount=f"{n}.{i:02d}", status=f"day_{'abcdefghij'[n]}")
+                for i in range(1, 21)
+            ]
+            identity = run_identity(dag_id, days[n], run_id=f"{run}__{n}")
+            sync(warehouse, identity, PagedSource([changes[:10], changes[10:]]), target=versioned)
+
+    load(list(range(10)), "in_order")
+    in_order = checksum(warehouse)
+    warehouse.execute("TRUNCATE sales.orders")
+
+    load([7, 8, 9], "scheduled")
+    load(list(range(7)), "backfill")
+    load(list(range(7)), "backfill_again")
+
+    assert checksum(warehouse) == in_order
+    assert {row[2] for row in orders(warehouse)} == {"day_j"}
+
+
 def test_a_fresh_run_over_a_complete_interval_replaces_it(warehouse: psycopg.Connection, dag_id: str) -> None:
     first = run_identity(dag_id, DAY_1, run_id="scheduled__1")
     sync(warehouse, run_identity(dag_id, DAY_2), PagedSource([[order(90, day=DAY_2)]]), target=BY_ORDER_DAY)
