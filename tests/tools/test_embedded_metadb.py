@@ -62,7 +62,7 @@ def test_embedded_roles_need_their_password_and_reach_only_their_database(tmp_pa
         with psycopg.connect(warehouse.conninfo("warehouse")) as conn:
             assert conn.execute("SELECT current_user").fetchone() == ("warehouse_rw",)
         for wrong in (
-            dataclasses.replace(warehouse, password="guess"),
+            dataclasses.replace(warehouse, password="guess"),  # pragma: allowlist secret
             dataclasses.replace(warehouse, password=None),
         ):
             with pytest.raises(psycopg.OperationalError, match="password authentication failed|no password"):
