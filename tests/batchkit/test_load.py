@@ -273,28 +273,15 @@ def test_merges_of_disjoint_intervals_do_not_wait_for_each_other(
 def test_a_key_inserted_by_a_concurrent_merge_is_settled_by_on_conflict(
     orders: psycopg.Connection, warehouse_conninfo: str
 ) -> None:
-    staging = prepare_staging(orders, ORDERS, "race")
-    with orders.transaction():
-        stage_rows(orders, staging, [order_row(1), order_row(2, amount="2.00"), order_row(3)])
-    outcome: dict[str, MergeCounts] = {}
+    counts = merge_beside_a_rival_insert(
+        orders,
+        warehouse_conninfo,
+        ORDERS,
+        staged=[order_row(1), order_row(2, amount="2.00"), order_row(3)],
+        rival_row=order_row(2, amount="9.99", status="rival"),
+    )
 
-    def merge() -> None:
-        with psycopg.connect(warehouse_conninfo, autocommit=True) as conn, conn.transaction():
-            outcome["counts"] = merge_staging(conn, staging, DAY)
-
-    with psycopg.connect(warehouse_conninfo) as rival:
-        rival.execute(
-            "INSERT INTO sales.orders VALUES (%s, %s, %s, %s, %s, %s)",
-            order_row(2, amount="9.99", status="rival"),
-        )
-        merging = threading.Thread(target=merge)
-        merging.start()
-        # The merge's INSERT does not see the rival's uncommitted key 2 and waits on its index entry.
-        wait_until_an_insert_waits_for_a_lock(orders)
-        rival.commit()
-        merging.join(10)
-
-    assert outcome["counts"] == MergeCounts(inserted=2, updated=1, deleted=0)
+    assert counts == MergeCounts(inserted=2, updated=1, deleted=0)
     assert orders.execute(
         "SELECT order_id, amount, status FROM sales.orders ORDER BY order_id"
     ).fetchall() == [
@@ -307,31 +294,44 @@ def test_a_key_inserted_by_a_concurrent_merge_is_settled_by_on_conflict(
 def test_on_conflict_keeps_a_newer_version_a_concurrent_merge_inserted(
     orders: psycopg.Connection, warehouse_conninfo: str
 ) -> None:
-    staging = prepare_staging(orders, VERSIONED, "race-versions")
-    with orders.transaction():
-        stage_rows(orders, staging, [order_row(1), order_row(2, amount="2.00")])
-    outcome: dict[str, MergeCounts] = {}
+    counts = merge_beside_a_rival_insert(
+        orders,
+        warehouse_conninfo,
+        VERSIONED,
+        staged=[order_row(1), order_row(2, amount="2.00")],
+        rival_row=order_row(2, amount="0.00", status="refunded", updated_days=1),
+    )
 
-    def merge() -> None:
-        with psycopg.connect(warehouse_conninfo, autocommit=True) as conn, conn.transaction():
-            outcome["counts"] = merge_staging(conn, staging, DAY)
-
-    with psycopg.connect(warehouse_conninfo) as rival:
-        rival.execute(
-            "INSERT INTO sales.orders VALUES (%s, %s, %s, %s, %s, %s)",
-            order_row(2, amount="0.00", status="refunded", updated_days=1),
-        )
-        merging = threading.Thread(target=merge)
-        merging.start()
-        wait_until_an_insert_waits_for_a_lock(orders)
-        rival.commit()
-        merging.join(10)
-
-    assert outcome["counts"] == MergeCounts(inserted=1, updated=0, deleted=0)
+    assert counts == MergeCounts(inserted=1, updated=0, deleted=0)
     assert orders.execute("SELECT order_id, status FROM sales.orders ORDER BY order_id").fetchall() == [
         (1, "paid"),
         (2, "refunded"),
     ]
+
+
+def merge_beside_a_rival_insert(
+    orders: psycopg.Connection, conninfo: str, target: TargetSpec, *, staged: list[tuple], rival_row: tuple
+) -> MergeCounts:
+    """Merge `staged` while another transaction inserts `rival_row` (a key the merge also inserts) and
+    commits only once the merge's INSERT waits for it: the race ON CONFLICT settles."""
+    staging = prepare_staging(orders, target, f"race-{target.version_column}")
+    with orders.transaction():
+        stage_rows(orders, staging, staged)
+    outcome: dict[str, MergeCounts] = {}
+
+    def merge() -> None:
+        with psycopg.connect(conninfo, autocommit=True) as conn, conn.transaction():
+            outcome["counts"] = merge_staging(conn, staging, DAY)
+
+    with psycopg.connect(conninfo) as rival:
+        rival.execute("INSERT INTO sales.orders VALUES (%s, %s, %s, %s, %s, %s)", rival_row)
+        merging = threading.Thread(target=merge)
+        merging.start()
+        # The merge's INSERT does not see the rival's uncommitted key and waits on its index entry.
+        wait_until_an_insert_waits_for_a_lock(orders)
+        rival.commit()
+        merging.join(10)
+    return outcome["counts"]
 
 
 def wait_until_an_insert_waits_for_a_lock(conn: psycopg.Connection) -> None:
