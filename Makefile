@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: help venv run stop status db-clean test secrets-scan chaos lint format lock bench clean browser backfill clear-failed pause unpause import-errors silence new-sync catalog
+.PHONY: help venv run stop status bench-production db-clean test test-fast dag-test psql secrets-scan chaos lint format lock bench clean browser backfill clear-failed pause unpause import-errors silence new-sync catalog
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -55,20 +55,37 @@ format: $(INSTALLED) ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-browser: ## install Debian's Chromium for the UI test (once; needs root or sudo)
-	bash tools/install_browser.sh
+browser: ## find Chrome/Chromium for the UI test; install Debian's where possible (root/sudo), else say what to install
+	$(PYTHON) -m tools.browser ensure
 
 test: lint secrets-scan browser ## lint, secret scan, then every test (unit, integration, end to end)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# No browser, no Airflow stack: everything not marked e2e (unit, integration against real Postgres and
+# HTTP, dag.test runs, DAG integrity). `make test` (CI) still runs all of it, e2e included.
+test-fast: lint secrets-scan ## lint, secret scan, unit + integration tests (no e2e, no browser)
+	$(BIN)/python -m pytest -m "not e2e" $(PYTEST_ARGS)
+
+dag-test: $(INSTALLED) ## `airflow dags test` DAG=.. DATE=.. against make run's databases (syncs: make run for the demo API)
+	$(BIN)/python -m tools.dag_test '$(DAG)' '$(DATE)'
+
+psql: $(INSTALLED) ## psql into make run's warehouse as warehouse_rw [SQL="select ..."]
+	$(BIN)/python -m tools.psql $(if $(SQL),-c "$(SQL)")
 
 # The chaos suite (tests/e2e/test_chaos.py, also part of `make test` in its short form) with more data,
 # more kills and more backfill intervals; docs/reliability.md explains it. Summary: test-artifacts/chaos/.
 CHAOS_RECORDS ?= 600000
 CHAOS_KILLS ?= 10
 CHAOS_BACKFILL_INTERVALS ?= 5
-chaos: $(INSTALLED) ## chaos suite, long form: CHAOS_RECORDS=600000 CHAOS_KILLS=10 [CHAOS_SEED=n] (~15-25 min)
+chaos: $(INSTALLED) ## chaos suite, long form: CHAOS_RECORDS=600000 CHAOS_KILLS=10 [CHAOS_SEED=n] (~9 min on 2 cores)
 	CHAOS_RECORDS=$(CHAOS_RECORDS) CHAOS_KILLS=$(CHAOS_KILLS) CHAOS_BACKFILL_INTERVALS=$(CHAOS_BACKFILL_INTERVALS) \
 		CHAOS_SEED=$(CHAOS_SEED) $(BIN)/python -m pytest tests/e2e/test_chaos.py -p no:cacheprovider --timeout=3600 $(PYTEST_ARGS)
+
+bench-production: $(INSTALLED) ## latency-bound sources, the dlt peer (its own venv in /tmp/dlt-venv), 500-sync parse and dag-processor (~40 min)
+	$(BIN)/python -m bench.latency --records 100000 --repeats 3
+	$(BIN)/python -m bench.peer_dlt --records 100000 1000000 --repeats 3 --slow-records 100000 --slow-repeats 2
+	$(BIN)/python -m bench.parse_many --syncs 500 --sample 30
+	$(BIN)/python -m bench.dag_processor_many --syncs 500 --runs 1 --rounds 2
 
 # Operator verbs over the REST API of a running stack. Each prints what it will do; the ones that change
 # state are dry runs unless EXECUTE=1.

@@ -2,6 +2,8 @@
 # Debian's chromium for the browser tests (tests/e2e/test_ui_browser.py drives it with Playwright's
 # executable_path; Playwright's own browser download is not used). chromium-driver comes along for
 # WebDriver users. Idempotent: does nothing when /usr/bin/chromium is already there. Needs root, or sudo.
+# `make browser` (python3 -m tools.browser ensure) runs this only when no Chrome/Chromium is installed
+# anywhere it looks and the machine is Debian/Ubuntu with root or sudo; elsewhere it says what to install.
 set -euo pipefail
 
 if [[ -x /usr/bin/chromium ]]; then

@@ -1,15 +1,21 @@
-"""batchkit.airflow_fixes refuses to patch an Airflow release nobody checked for apache/airflow#70368."""
+"""batchkit.airflow_fixes refuses to patch an Airflow release nobody checked for apache/airflow#70368
+or for the `airflow dags test` deadline crash."""
 
 from __future__ import annotations
 
 import airflow
 import pytest
+from airflow.models import dagrun as dagrun_module
 
 from batchkit.airflow_fixes import (
     AFFECTED_VERSIONS,
+    DAG_TEST_AFFECTED_VERSIONS,
+    DAG_TEST_ISSUE,
     ISSUE,
+    AirflowFixesPlugin,
     AirflowFixOutdated,
     check_affected_version,
+    install_dag_test_deadline_fix,
     install_queued_at_deadline_fix,
 )
 
@@ -42,3 +48,27 @@ def test_the_plugin_load_path_checks_the_version_before_anything_else(
 
     with pytest.raises(AirflowFixOutdated, match=r"Airflow 3\.4\.0 is installed"):
         install_queued_at_deadline_fix()
+
+
+@pytest.mark.parametrize("version", ["3.3.0", "3.3.1", "3.3.3", "3.4.0"])
+def test_the_dag_test_fix_has_its_own_list_and_refuses_what_it_was_not_checked_on(version: str) -> None:
+    with pytest.raises(AirflowFixOutdated) as raised:
+        check_affected_version(
+            version, DAG_TEST_AFFECTED_VERSIONS, DAG_TEST_ISSUE, "DAG_TEST_AFFECTED_VERSIONS"
+        )
+
+    message = str(raised.value)
+    assert f"Airflow {version} is installed" in message
+    assert DAG_TEST_ISSUE in message
+    assert "DAG_TEST_AFFECTED_VERSIONS" in message
+
+
+def test_the_dag_test_fix_checks_the_version_before_patching(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = dagrun_module.get_or_create_dagrun
+    monkeypatch.setattr(airflow, "__version__", "3.4.0")
+
+    with pytest.raises(AirflowFixOutdated, match=r"Airflow 3\.4\.0 is installed"):
+        install_dag_test_deadline_fix()
+    with pytest.raises(AirflowFixOutdated):
+        AirflowFixesPlugin.on_load()
+    assert dagrun_module.get_or_create_dagrun is before

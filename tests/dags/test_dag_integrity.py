@@ -2,6 +2,11 @@
 
 The rules are batchkit.policy's, the same the live cluster policy enforces, so a DAG that passes here is
 accepted by the dag-processor and one that fails names the file, the DAG, the task and the rule.
+
+Cost per DAG file (BENCHMARKS.md, "DAG integrity cost"): the rules run over one DagBag of the whole
+folder; the parse-time I/O and budget probe runs for all files in ONE subprocess that imports Airflow
+once and forks a child per file, one per CPU at a time (bench.parse_time.probe_many), so each file still
+parses alone, in a process where nothing of it was imported before, as the dag-processor parses it.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import pytest
 from airflow.dag_processing.dagbag import DagBag
 
 from batchkit.policy import dag_problems, task_problems
-from bench.parse_time import DAGS_DIR, PARSE_BUDGET_SECONDS, dag_files, probe
+from bench.parse_time import DAGS_DIR, PARSE_BUDGET_SECONDS, dag_files, probe, probe_many
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 # Calls that make a start_date move with the clock: a DAG's schedule must not depend on when it parsed.
@@ -69,9 +74,20 @@ def test_start_date_is_fixed(path: Path) -> None:
     assert not dynamic, f"{path}: dates computed from the clock at parse time: {dynamic}"
 
 
+@pytest.fixture(scope="module")
+def probes() -> dict[Path, dict]:
+    """Every DAG file probed once (each in a process of its own, forked from one prepared interpreter)."""
+    return probe_many(DAG_FILES, dict(os.environ))
+
+
+def test_every_file_was_probed(probes: dict[Path, dict]) -> None:
+    assert sorted(probes) == DAG_FILES
+
+
 @pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: str(p.relative_to(DAGS_DIR)))
-def test_parses_without_io_within_budget(path: Path) -> None:
-    result = probe(path, dict(os.environ))
+def test_parses_without_io_within_budget(path: Path, probes: dict[Path, dict]) -> None:
+    result = probes[path]
+    assert not result["crash"], f"{path}: the parser process crashed: {result['crash']}"
     assert not result["import_errors"], f"{path} fails to import with no database: {result['import_errors']}"
     assert result["dag_ids"], f"{path} defines no DAG"
     assert not result["io_events"], f"{path} does I/O at parse time: {result['io_events']}"
@@ -106,3 +122,29 @@ def test_parse_time_io_is_detected(tmp_path: Path) -> None:
     events = probe(offender, dict(os.environ))["io_events"]
     assert any(e.startswith("Variable.get") for e in events), events
     assert any(e.startswith("socket.connect") for e in events), events
+
+
+def test_the_forked_probes_see_what_a_fresh_interpreter_sees(tmp_path: Path) -> None:
+    """probe_many (one interpreter, a forked child per file) catches the same parse-time I/O as a
+    fresh interpreter per file, attributes it to the right file only, and reports a child that dies."""
+    offender = tmp_path / "io_at_parse_time.py"
+    offender.write_text(
+        "# DAG file (the DagBag only imports files that mention airflow and dag)\n"
+        "import socket\n"
+        "from airflow.sdk import Variable\n"
+        "Variable.get('anything', default=None)\n"
+        "socket.socket().connect_ex(('127.0.0.1', 1))\n"
+    )
+    clean = tmp_path / "clean.py"
+    clean.write_text("# airflow dag: nothing at parse time\nimport datetime\n")
+    dies = tmp_path / "dies.py"
+    dies.write_text("# airflow dag\nimport os\nos._exit(3)\n")
+
+    results = probe_many([offender, clean, dies], dict(os.environ))
+
+    events = results[offender]["io_events"]
+    assert any(e.startswith("Variable.get") for e in events), events
+    assert any(e.startswith("socket.connect") for e in events), events
+    assert results[clean]["io_events"] == []
+    assert results[clean]["crash"] is None
+    assert "died" in results[dies]["crash"]

@@ -1,7 +1,9 @@
 """The Airflow UI in a real headless Chromium: log in through the form, see the DAG list and the grid.
 
-Chromium is Debian's (tools/install_browser.sh), driven by Playwright through `executable_path`;
-Playwright's own browser download is never used. Screenshots land in test-artifacts/ui/.
+The browser is whatever Chrome/Chromium tools.browser finds ($BROWSER_PATH, $CHROME_PATH, PATH, the
+usual macOS locations; `make browser` installs Debian's chromium where it can), driven by Playwright
+through `executable_path`; Playwright's own browser download is never used. No browser is a failure
+naming what to install, never a skip. Screenshots land in test-artifacts/ui/.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from playwright.sync_api import ConsoleMessage, Error, Page, sync_playwright
 
 from tools.airflow_api import AirflowApi, wait_for
 from tools.airflow_env import ADMIN_USER
+from tools.browser import BrowserNotFound, find_browser
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = REPO_ROOT / "test-artifacts" / "ui"
 CHROMIUM_FLAGS = [
     "--no-sandbox",
@@ -82,12 +84,16 @@ class ConsoleErrors:
 
 @pytest.fixture
 def chromium_page(tmp_path: Path) -> Iterator[Page]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: run tools/install_browser.sh (installs Debian's chromium)")
+    try:
+        browser, missing = find_browser(), None
+    except BrowserNotFound as not_found:
+        browser, missing = None, str(not_found)
+    if missing:  # outside the except block, so the failure is that one line and nothing else
+        pytest.fail(missing, pytrace=False)
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
             user_data_dir=tmp_path / "chromium-profile",
-            executable_path=CHROMIUM,
+            executable_path=browser,
             headless=True,
             args=CHROMIUM_FLAGS,
             viewport={"width": 1400, "height": 900},
