@@ -82,6 +82,10 @@ def live(start_module_stack, dags_folder: Path, upstream: Upstream) -> Live:
             "AIRFLOW_CONN_ALERTS_WEBHOOK": json.dumps(
                 {"conn_type": "http", "host": upstream.url, "password": WEBHOOK_SECRET_PATH}
             ),
+            # The report's own delivery target (never the alerts inbox).
+            "AIRFLOW_CONN_REPORTS_WEBHOOK": json.dumps(
+                {"conn_type": "http", "host": f"{upstream.url}/reports"}
+            ),
         },
     )
     for name, slots in POOLS.items():
@@ -269,7 +273,7 @@ def test_no_secret_reaches_a_task_log_an_alert_or_the_alert_log(
         assert not [row for (row,) in alert_log if secret in row], f"{name} found in batch_meta.alert_log"
 
 
-def test_report_runs_after_both_syncs_update_their_assets(api: AirflowApi) -> None:
+def test_report_runs_after_both_syncs_update_their_assets(live: Live, api: AirflowApi) -> None:
     sync_runs = {
         ORDERS_SYNC: api.trigger(ORDERS_SYNC, logical_date="2026-07-01T02:00:00Z")["dag_run_id"],
         CUSTOMERS_SYNC: api.trigger(CUSTOMERS_SYNC, logical_date="2026-07-01T01:30:00Z")["dag_run_id"],
@@ -300,6 +304,10 @@ def test_report_runs_after_both_syncs_update_their_assets(api: AirflowApi) -> No
         (CUSTOMERS_SYNC, table_asset("crm.customers").uri),
     }
     assert parse_time(finished["start_date"]) >= max(parse_time(event["timestamp"]) for event in events)
+    assert live.upstream.reports(), "the report was not delivered to its own inbox"
+    assert not [
+        alert for alert in live.upstream.alerts() if alert.get("dag_id") == REPORT and "summary" in alert
+    ]
 
 
 # --- helpers ---------------------------------------------------------------------------------------
