@@ -195,8 +195,8 @@ def measure(path: str, records: int, page_size: int, env: dict[str, str]) -> dic
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
-def reset_warehouse(conninfo: str) -> None:
-    """Empty target, no checkpoint or quarantine of the interval, dirty pages flushed."""
+def reset_warehouse(conninfo: str, dag_id: str = DAG_ID) -> None:
+    """Empty target, no checkpoint or quarantine of `dag_id`, dirty pages flushed."""
     with psycopg.connect(conninfo, autocommit=True) as conn:
         exists = conn.execute("SELECT to_regclass('sales.orders') IS NOT NULL").fetchone()[0]
         if exists:
@@ -205,7 +205,7 @@ def reset_warehouse(conninfo: str) -> None:
             if conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]:
                 conn.execute(
                     sql.SQL("DELETE FROM {} WHERE dag_id = %s").format(sql.Identifier(*table.split("."))),
-                    (DAG_ID,),
+                    (dag_id,),
                 )
         conn.execute("CHECKPOINT")
 

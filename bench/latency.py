@@ -37,52 +37,21 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import psycopg
-from psycopg import sql
-
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Airflow components put plugins/ on sys.path, and Airflow reads its environment when first imported.
 sys.path.insert(0, str(REPO_ROOT / "plugins"))
 os.environ.setdefault("AIRFLOW_HOME", str(Path(tempfile.gettempdir()) / "bench-latency-airflow"))
 
 from bench.common import write_result  # noqa: E402
+from bench.extract_load import interval_query, reset_warehouse  # noqa: E402
 from include.contracts.orders import CONTRACT, TARGET  # noqa: E402
 from tests.upstream import running_upstream  # noqa: E402
-from tools.demo_upstream import Volumes, select  # noqa: E402
-from tools.metadb import PgServer, ensure_database  # noqa: E402
+from tools.metadb import PgServer, drop_database, ensure_database  # noqa: E402
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 API_CONN_ID, WAREHOUSE_CONN_ID = "demo_api", "bench_warehouse"
 DAG_ID = "bench_latency"
 DAY = datetime(2024, 5, 1, tzinfo=UTC)
-
-
-def interval_query(records: int) -> dict[str, str | int]:
-    """The query selecting one day that holds exactly `records` orders."""
-    start, end = DAY, DAY + timedelta(days=1)
-    selected = select("orders", start, end, Volumes(orders=records, customers=200)).total
-    if selected != records:
-        raise ValueError(f"per_day={records} over {start:%Y-%m-%d} selects {selected} records, not {records}")
-    return {"per_day": records, "updated_since": start.isoformat(), "updated_before": end.isoformat()}
-
-
-def reset_warehouse(conninfo: str) -> None:
-    """Empty target, no checkpoint or quarantine of the bench's dag, dirty pages flushed."""
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        if conn.execute("SELECT to_regclass('sales.orders') IS NOT NULL").fetchone()[0]:
-            conn.execute("TRUNCATE sales.orders")
-        for table in ("batch_meta.checkpoints", "batch_meta.quarantine"):
-            if conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]:
-                conn.execute(
-                    sql.SQL("DELETE FROM {} WHERE dag_id = %s").format(sql.Identifier(*table.split("."))),
-                    (DAG_ID,),
-                )
-        conn.execute("CHECKPOINT")
-
-
-def drop_database(server: PgServer, name: str) -> None:
-    with psycopg.connect(server.conninfo("postgres"), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def modes(page_size: int) -> dict[str, tuple[str, object, int, bool]]:
@@ -211,14 +180,14 @@ def main() -> None:
             conninfo = server.conninfo(database)
             # Warm the upstream's page cache (no delay yet), and the client's imports and contract.
             for name in names:
-                reset_warehouse(conninfo)
+                reset_warehouse(conninfo, DAG_ID)
                 run_once(all_modes[name], args.records)
             if args.delay > 0:
                 upstream.set_faults({"kind": "slow", "delay": args.delay, "times": None})
             for repeat in range(args.repeats):
                 order = names if repeat % 2 == 0 else names[::-1]
                 for name in order:
-                    reset_warehouse(conninfo)
+                    reset_warehouse(conninfo, DAG_ID)
                     run = {"mode": name, "repeat": repeat, **run_once(all_modes[name], args.records)}
                     runs.append(run)
                     print(

@@ -159,8 +159,9 @@ def main() -> None:
 
     from bench import latency
     from bench.common import write_result
+    from bench.extract_load import interval_query, reset_warehouse
     from tests.upstream import running_upstream
-    from tools.metadb import PgServer, ensure_database
+    from tools.metadb import PgServer, drop_database, ensure_database
 
     python = ensure_dlt_venv()
     version = dlt_version(python)
@@ -174,7 +175,7 @@ def main() -> None:
     slow_runs: list[dict] = []
 
     def reset() -> None:
-        latency.reset_warehouse(conninfo)
+        reset_warehouse(conninfo, latency.DAG_ID)
         with psycopg.connect(conninfo, autocommit=True) as conn:
             if conn.execute(f"SELECT to_regclass('{DLT_SCHEMA}.orders') IS NOT NULL").fetchone()[0]:
                 conn.execute(f"TRUNCATE {DLT_SCHEMA}.orders")
@@ -197,7 +198,7 @@ def main() -> None:
                         "loader": name.removeprefix("dlt_"),
                         "style": style,
                         "page_size": page_size,
-                        "query": latency.interval_query(records),
+                        "query": interval_query(records),
                         "base_url": upstream.url,
                         "token": upstream.token,
                         "dsn": dsn,
@@ -247,7 +248,7 @@ def main() -> None:
                         slow_runs.append(run)
                         _report(run, args.slow_records)
     finally:
-        latency.drop_database(server, database)
+        drop_database(server, database)
 
     write_result(
         "peer_dlt",
