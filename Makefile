@@ -22,8 +22,11 @@ $(INSTALLED): requirements.txt requirements-dev.txt constraints.txt
 
 venv: $(INSTALLED) ## create .venv with the locked package set
 
-run: $(INSTALLED) ## start the whole stack (Ctrl-C or `make stop` ends it)
-	$(BIN)/python -m tools.stack run
+# EXECUTOR=celery: CeleryExecutor with WORKERS (2) workers, each on every queue unless QUEUES hands them
+# out ("source warehouse": worker1 source, worker2 warehouse); FLOWER=1 adds Flower on 127.0.0.1:5555.
+run: $(INSTALLED) ## start the whole stack (Ctrl-C or `make stop` ends it); EXECUTOR=celery [WORKERS=2] [QUEUES=..] [FLOWER=1]
+	$(BIN)/python -m tools.stack run $(if $(EXECUTOR),--executor $(EXECUTOR)) $(if $(WORKERS),--workers $(WORKERS)) \
+		$(if $(QUEUES),--queues '$(QUEUES)') $(if $(FLOWER),--flower)
 
 stop: $(INSTALLED) ## stop every process `make run` started
 	$(BIN)/python -m tools.stack stop

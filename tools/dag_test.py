@@ -34,10 +34,10 @@ DEFAULT_DEMO_PORT = 8081
 
 def dag_test(dag_id: str, logical_date: str) -> int:
     ensure_private_dir(LOCAL_DIR)
-    role_passwords = load_env_files()
+    private_secrets = load_env_files()
     stack_running = SUPERVISOR_PID.exists() and _pid_running(int(SUPERVISOR_PID.read_text()))
     embedded_was_running = EmbeddedPostgres(LOCAL_DIR / "pgdata").is_running()
-    databases = choose_database(role_passwords)
+    databases = choose_database(private_secrets)
     demo_port = int(os.environ.get("DEMO_API_PORT", str(DEFAULT_DEMO_PORT)))
     stack = AirflowStack(
         airflow_home=LOCAL_DIR / "airflow",

@@ -32,13 +32,11 @@ from string import Template
 import yaml
 from pydantic import ValidationError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-# Outside Airflow nothing puts plugins/ on sys.path (every Airflow component does), so the CLI does.
-sys.path.insert(0, str(REPO_ROOT / "plugins"))
+from batchkit.load.identifiers import IDENTIFIER_PATTERN
+from batchkit.sync_spec import DAG_ID_PATTERN, SyncSpec
+from batchkit.taxonomy import DOMAIN_PREFIX, Tag
 
-from batchkit.load.identifiers import IDENTIFIER_PATTERN  # noqa: E402
-from batchkit.sync_spec import DAG_ID_PATTERN, SyncSpec  # noqa: E402
-from batchkit.taxonomy import DOMAIN_PREFIX, Tag  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 DOMAINS = tuple(sorted(tag.value.removeprefix(DOMAIN_PREFIX) for tag in Tag if tag.startswith(DOMAIN_PREFIX)))
 OWNER_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{1,62}$")

@@ -21,6 +21,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -37,7 +38,10 @@ import psutil
 import psycopg
 from sqlalchemy.engine import make_url
 
+from batchkit.queues import ALL_QUEUES
 from tools.airflow_env import ADMIN_USER, DEFAULT_BIND_HOST, airflow_env
+from tools.broker import DEFAULT_PORT as DEFAULT_BROKER_PORT
+from tools.broker import EmbeddedRedis, flower_argv
 from tools.metadb import (
     LOCAL_DIR,
     REPO_ROOT,
@@ -60,14 +64,33 @@ DB_CLEAN_TIMEOUT = 1800.0
 DB_CLEAN_DEFAULT_DAYS = 30
 GENERATED_ENV = LOCAL_DIR / "generated.env"
 # Secrets the stack needs that a fresh laptop does not have: generated once, kept in .local (0600).
-GENERATED_SECRETS = ("DEMO_API_TOKEN", "METADATA_ROLE_PASSWORD", "WAREHOUSE_ROLE_PASSWORD")
+GENERATED_SECRETS = (
+    "DEMO_API_TOKEN",
+    "METADATA_ROLE_PASSWORD",
+    "WAREHOUSE_ROLE_PASSWORD",
+    "CELERY_RESULTS_ROLE_PASSWORD",
+    "BROKER_PASSWORD",
+    "FLOWER_PASSWORD",
+)
 # Never exported to the environment every component (and so every task) inherits: each goes only into
-# the one connection that needs it.
-ROLE_PASSWORDS = ("METADATA_ROLE_PASSWORD", "WAREHOUSE_ROLE_PASSWORD")
+# the one connection, URL or process that needs it.
+PRIVATE_SECRETS = (
+    "METADATA_ROLE_PASSWORD",
+    "WAREHOUSE_ROLE_PASSWORD",
+    "CELERY_RESULTS_ROLE_PASSWORD",
+    "BROKER_PASSWORD",
+    "FLOWER_PASSWORD",
+)
 METADATA_DB = "airflow"
 METADATA_ROLE = "airflow_metadata"
 WAREHOUSE_DB = "warehouse"
 WAREHOUSE_ROLE = "warehouse_rw"
+DEFAULT_WORKER_CONCURRENCY = 4
+DEFAULT_FLOWER_PORT = 5555
+CELERY_RESULTS_DB = "celery_results"
+CELERY_RESULTS_ROLE = "celery_results"
+# Read by config/worker_hostname.py: the hostname a worker records on its task instances.
+WORKER_NAME_ENV = "BATCHKIT_WORKER_NAME"
 # What .env.example holds where a real secret must go.
 ENV_PLACEHOLDER = "change-me"
 
@@ -136,6 +159,8 @@ class Process:
     name: str
     argv: list[str]
     log_path: Path
+    # Set for this process only, over the stack's environment (a worker's name, Flower's login).
+    env: Mapping[str, str] = field(default_factory=dict)
     popen: subprocess.Popen[bytes] | None = None  # the current incarnation; its pid is its session id
     started_at: float | None = None  # wall clock, for the status file
     started_monotonic: float = 0.0  # for the uptime that decides the backoff
@@ -158,6 +183,106 @@ class Process:
             "last_exit_code": self.last_exit_code,
             "last_restart_at": _iso(self.last_restart_at),
         }
+
+
+@dataclass(frozen=True)
+class CeleryWorker:
+    """One `airflow celery worker` process. Its name is the component's, the first part of its Celery node
+    name (`worker1@<host>`) and the hostname Airflow records on the task instances it runs, so the UI
+    tells two workers on one machine apart."""
+
+    name: str
+    queues: tuple[str, ...] = ALL_QUEUES
+
+    def node_name(self) -> str:
+        return f"{self.name}@{socket.gethostname()}"
+
+
+@dataclass(frozen=True)
+class CeleryCluster:
+    """What the CeleryExecutor needs: a broker, a result backend and workers (docs/operations.md, "Sizing")."""
+
+    broker_url: str
+    result_backend: str  # a `db+postgresql...` URL: the task states the scheduler polls
+    workers: tuple[CeleryWorker, ...]
+    # Tasks one worker runs at once ([celery] worker_concurrency); pools and parallelism cap the cluster.
+    concurrency: int = DEFAULT_WORKER_CONCURRENCY
+    # The redis-server the stack runs itself when no broker is configured.
+    embedded_broker: EmbeddedRedis | None = None
+    flower_port: int | None = None
+    flower_password: str | None = None
+
+    def env(self) -> dict[str, str]:
+        """For every component (the scheduler publishes to the broker and polls the result backend)."""
+        return {
+            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+            "AIRFLOW__CELERY__BROKER_URL": self.broker_url,
+            "AIRFLOW__CELERY__RESULT_BACKEND": self.result_backend,
+            "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(self.concurrency),
+            # A task nobody picked up (its message lost with a broker that had no disk) is queued again
+            # after 2 min instead of Airflow's 10.
+            "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": os.environ.get(
+                "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT", "120"
+            ),
+        }
+
+    def processes(self) -> dict[str, tuple[list[str], dict[str, str]]]:
+        """Component name -> (argv, the environment of that process only)."""
+        processes = {}
+        for worker in self.workers:
+            argv = [
+                sys.executable, "-m", "airflow", "celery", "worker",
+                "--celery-hostname", worker.node_name(),
+                "--queues", ",".join(worker.queues),
+                "--concurrency", str(self.concurrency),
+                # Two workers on one machine would fight over the log server's port 8793, which binds
+                # every interface; the api-server reads task logs from the shared base_log_folder.
+                "--skip-serve-logs",
+            ]  # fmt: skip
+            processes[worker.name] = (
+                argv,
+                {
+                    "AIRFLOW__CORE__HOSTNAME_CALLABLE": "worker_hostname.hostname",
+                    WORKER_NAME_ENV: worker.node_name(),
+                },
+            )
+        if self.flower_port is not None:
+            processes["flower"] = (
+                flower_argv(self.flower_port),
+                {"AIRFLOW__CELERY__FLOWER_BASIC_AUTH": f"{ADMIN_USER}:{self.flower_password}"},
+            )
+        return processes
+
+    def responding_workers(self) -> set[str]:
+        """Node names of the workers that answer a Celery ping now."""
+        from celery import Celery
+
+        app = Celery(broker=self.broker_url)
+        try:
+            replies = app.control.ping(timeout=2) or []
+        except Exception:  # broker not reachable yet: nobody answers
+            return set()
+        finally:
+            app.close()
+        return {name for reply in replies for name in reply}
+
+
+def parse_worker_queues(count: int, spec: str | None) -> tuple[CeleryWorker, ...]:
+    """`count` workers; `spec` is space-separated comma lists handed out in turn ("source warehouse": the
+    first worker takes `source`, the second `warehouse`, ...), or None for every queue on every worker."""
+    if count < 1:
+        raise StackError(f"WORKERS must be at least 1, got {count}")
+    groups = [tuple(group.split(",")) for group in spec.split()] if spec else [ALL_QUEUES]
+    unknown = sorted({q for group in groups for q in group} - set(ALL_QUEUES))
+    if unknown:
+        raise StackError(
+            f"QUEUES: unknown queue(s) {unknown}; the library routes tasks to {list(ALL_QUEUES)}"
+        )
+    workers = tuple(CeleryWorker(f"worker{i + 1}", groups[i % len(groups)]) for i in range(count))
+    unserved = sorted(set(ALL_QUEUES) - {q for w in workers for q in w.queues})
+    if unserved:
+        raise StackError(f"QUEUES leaves {unserved} without a worker: its tasks would wait forever")
+    return workers
 
 
 @dataclass
@@ -196,6 +321,8 @@ class AirflowStack:
     log_dir: Path | None = None
     status_path: Path | None = None  # default: `stack-status.json` in airflow_home
     restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
+    # CeleryExecutor with these workers (and broker, Flower); None: LocalExecutor.
+    celery: CeleryCluster | None = None
     # Longest wait for Postgres before a (re)start: then start fails, and a restart goes ahead anyway.
     database_wait: float = 120.0
     processes: list[Process] = field(default_factory=list)
@@ -211,7 +338,7 @@ class AirflowStack:
             dags_folder=self.dags_folder,
             api_port=self.api_port,
             bind_host=self.bind_host,
-            extra=dict(self.extra_env),
+            extra={**(self.celery.env() if self.celery else {}), **self.extra_env},
         )
 
     @property
@@ -303,10 +430,17 @@ class AirflowStack:
                 argvs[component].append("--skip-serve-logs")
         argvs.update(self.extra_processes)
         env = self.env
+        if self.celery is not None and self.celery.embedded_broker is not None:
+            # First: the scheduler publishes to it as soon as it runs.
+            self._add_process(
+                Process("broker", self.celery.embedded_broker.argv(), self.logs / "broker.log"), env
+            )
+            self.celery.embedded_broker.wait_ready()
         for name, argv in argvs.items():
-            proc = Process(name, argv, self.logs / f"{name}.log")
-            self._launch(proc, env)
-            self.processes.append(proc)
+            self._add_process(Process(name, argv, self.logs / f"{name}.log"), env)
+        if self.celery is not None:
+            for name, (argv, own_env) in self.celery.processes().items():
+                self._add_process(Process(name, argv, self.logs / f"{name}.log", env=own_env), env)
         self._write_status()
         if supervise:
             self._stop_supervising.clear()
@@ -315,6 +449,10 @@ class AirflowStack:
             )
             self._supervisor.start()
 
+    def _add_process(self, proc: Process, env: Mapping[str, str]) -> None:
+        self._launch(proc, env)
+        self.processes.append(proc)
+
     def _launch(self, proc: Process, env: Mapping[str, str]) -> None:
         with proc.log_path.open("ab") as log:
             # A session of its own, so stopping the component also reaches its children (gunicorn/uvicorn
@@ -322,7 +460,7 @@ class AirflowStack:
             # groups of their own).
             proc.popen = subprocess.Popen(
                 proc.argv,
-                env=env,
+                env={**env, **proc.env},
                 cwd=REPO_ROOT,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -442,11 +580,19 @@ class AirflowStack:
                 with urllib.request.urlopen(f"{self.api_url}/api/v2/monitor/health", timeout=5) as resp:
                     last = json.load(resp)
                 if all((last.get(k) or {}).get("status") == "healthy" for k in HEALTH_KEYS):
-                    return last
+                    missing = self._silent_workers()
+                    if not missing:
+                        return last
+                    last = {**last, "celery workers not answering": sorted(missing)}
             except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError) as exc:
                 last = repr(exc)
             time.sleep(1)
         raise StackError(f"stack not healthy after {timeout:.0f}s; last health: {last}\n{self.log_tails()}")
+
+    def _silent_workers(self) -> set[str]:
+        if self.celery is None:
+            return set()
+        return {w.node_name() for w in self.celery.workers} - self.celery.responding_workers()
 
     def _raise_if_exited(self) -> None:
         dead = [p for p in self.processes if p.popen is not None and not p.running]
@@ -588,9 +734,9 @@ def load_env_files() -> dict[str, str]:
     elif GENERATED_ENV.exists():
         restrict_secret_file(GENERATED_ENV)
     for key, value in values.items():
-        if value is not None and key not in ROLE_PASSWORDS:
+        if value is not None and key not in PRIVATE_SECRETS:
             os.environ.setdefault(key, value)
-    return {key: os.environ.get(key) or values[key] for key in ROLE_PASSWORDS}
+    return {key: os.environ.get(key) or values[key] for key in PRIVATE_SECRETS}
 
 
 @dataclass(frozen=True)
@@ -600,9 +746,10 @@ class StackDatabases:
     sql_alchemy_conn: str  # the metadata DB as `airflow_metadata`: Airflow's components only
     warehouse: dict[str, str]  # WAREHOUSE_* for airflow_settings.yaml's `warehouse` connection (tasks)
     embedded: EmbeddedPostgres | None  # the embedded server, when no server is configured
+    admin: PgServer  # the superuser this tooling provisions with (never given to a component)
 
 
-def choose_database(role_passwords: Mapping[str, str]) -> StackDatabases:
+def choose_database(private_secrets: Mapping[str, str]) -> StackDatabases:
     """Pick the server and give each database its role (tools.metadb.provision_database).
 
     The configured server's URL (AIRFLOW__DATABASE__SQL_ALCHEMY_CONN) or the embedded server's
@@ -622,7 +769,7 @@ def choose_database(role_passwords: Mapping[str, str]) -> StackDatabases:
         print(f"Postgres: embedded, data in {embedded.pgdata}")
         admin, metadata_db = embedded.start(), METADATA_DB
     _require_superuser(admin, configured)
-    metadata_role = DatabaseRole(METADATA_ROLE, role_passwords["METADATA_ROLE_PASSWORD"])
+    metadata_role = DatabaseRole(METADATA_ROLE, private_secrets["METADATA_ROLE_PASSWORD"])
     provision_database(admin, metadata_db, metadata_role)
     if configured:
         # Everything else in the configured URL (driver, host, query options such as sslmode) stays.
@@ -631,7 +778,7 @@ def choose_database(role_passwords: Mapping[str, str]) -> StackDatabases:
     else:
         sql_alchemy_conn = admin.as_role(metadata_role).sqlalchemy_url(metadata_db)
     print(f"metadata DB: {metadata_db} (role {METADATA_ROLE})")
-    return StackDatabases(sql_alchemy_conn, warehouse_env(admin, role_passwords), embedded)
+    return StackDatabases(sql_alchemy_conn, warehouse_env(admin, private_secrets), embedded, admin)
 
 
 def _require_superuser(admin: PgServer, configured: str | None) -> None:
@@ -648,14 +795,14 @@ def _require_superuser(admin: PgServer, configured: str | None) -> None:
         )
 
 
-def warehouse_env(admin: PgServer, role_passwords: Mapping[str, str]) -> dict[str, str]:
+def warehouse_env(admin: PgServer, private_secrets: Mapping[str, str]) -> dict[str, str]:
     """WAREHOUSE_* for airflow_settings.yaml: the user's if WAREHOUSE_HOST is set, else database
     `warehouse` on the same server, owned by and reached as `warehouse_rw`."""
     if "WAREHOUSE_HOST" in os.environ:
         print(f"warehouse DB: {os.environ['WAREHOUSE_HOST']} (from WAREHOUSE_*)")
         keys = ("WAREHOUSE_HOST", "WAREHOUSE_PORT", "WAREHOUSE_USER", "WAREHOUSE_PASSWORD", "WAREHOUSE_DB")
         return {key: os.environ.get(key, "") for key in keys}
-    role = DatabaseRole(WAREHOUSE_ROLE, role_passwords["WAREHOUSE_ROLE_PASSWORD"])
+    role = DatabaseRole(WAREHOUSE_ROLE, private_secrets["WAREHOUSE_ROLE_PASSWORD"])
     server = provision_database(admin, WAREHOUSE_DB, role)
     print(f"warehouse DB: {WAREHOUSE_DB} (role {WAREHOUSE_ROLE})")
     return {
@@ -677,15 +824,64 @@ def demo_upstream_argv(port: int) -> list[str]:
     return [sys.executable, "-m", "tools.demo_upstream", "--host", "127.0.0.1", "--port", str(port)]
 
 
-def run() -> int:
+@dataclass(frozen=True)
+class ExecutorChoice:
+    """`make run EXECUTOR=celery WORKERS=2 QUEUES=.. FLOWER=1`: how tasks are executed."""
+
+    executor: str = "local"
+    workers: int = 2
+    queues: str | None = None
+    flower: bool = False
+
+
+def celery_cluster(
+    choice: ExecutorChoice, admin: PgServer, private_secrets: Mapping[str, str]
+) -> CeleryCluster:
+    """The broker (AIRFLOW__CELERY__BROKER_URL, else a redis-server of the stack's own in .local/redis),
+    the result backend (database `celery_results` on the metadata server, its own role) and the workers."""
+    workers = parse_worker_queues(choice.workers, choice.queues)
+    configured_broker = os.environ.get("AIRFLOW__CELERY__BROKER_URL")
+    embedded_broker = None
+    if configured_broker:
+        broker_url = configured_broker
+        print(f"Celery broker: {_redact(configured_broker)} (from AIRFLOW__CELERY__BROKER_URL)")
+    else:
+        embedded_broker = EmbeddedRedis(
+            LOCAL_DIR / "redis",
+            private_secrets["BROKER_PASSWORD"],
+            int(os.environ.get("BROKER_PORT", DEFAULT_BROKER_PORT)),
+        )
+        broker_url = embedded_broker.url
+        print(
+            f"Celery broker: embedded redis-server on 127.0.0.1:{embedded_broker.port}, data in {embedded_broker.data_dir}"
+        )
+    role = DatabaseRole(CELERY_RESULTS_ROLE, private_secrets["CELERY_RESULTS_ROLE_PASSWORD"])
+    server = provision_database(admin, CELERY_RESULTS_DB, role)
+    print(
+        f"Celery results: database {CELERY_RESULTS_DB} (role {CELERY_RESULTS_ROLE}); workers: "
+        + ", ".join(f"{w.name} ({','.join(w.queues)})" for w in workers)
+    )
+    return CeleryCluster(
+        broker_url=broker_url,
+        result_backend="db+" + server.sqlalchemy_url(CELERY_RESULTS_DB),
+        workers=workers,
+        concurrency=int(os.environ.get("WORKER_CONCURRENCY", DEFAULT_WORKER_CONCURRENCY)),
+        embedded_broker=embedded_broker,
+        flower_port=int(os.environ.get("FLOWER_PORT", DEFAULT_FLOWER_PORT)) if choice.flower else None,
+        flower_password=private_secrets["FLOWER_PASSWORD"],
+    )
+
+
+def run(choice: ExecutorChoice = ExecutorChoice()) -> int:
     ensure_private_dir(LOCAL_DIR)
-    role_passwords = load_env_files()
+    private_secrets = load_env_files()
     if SUPERVISOR_PID.exists() and _pid_running(int(SUPERVISOR_PID.read_text())):
         raise StackError(
             f"a stack is already running (pid {SUPERVISOR_PID.read_text().strip()}); `make stop` first"
         )
-    databases = choose_database(role_passwords)
+    databases = choose_database(private_secrets)
     embedded = databases.embedded
+    celery = celery_cluster(choice, databases.admin, private_secrets) if choice.executor == "celery" else None
     api_port = int(os.environ.get("AIRFLOW_PORT", "8080"))
     demo_port = int(os.environ.get("DEMO_API_PORT", "8081"))
     bind_host = os.environ.get("AIRFLOW_HOST", DEFAULT_BIND_HOST)
@@ -714,6 +910,7 @@ def run() -> int:
         extra_processes={"demo-upstream": demo_upstream_argv(demo_port)},
         log_dir=LOCAL_DIR / "logs",
         status_path=RUN_STATUS_FILE,
+        celery=celery,
     )
     stopping = False
 
@@ -731,7 +928,10 @@ def run() -> int:
         stack.prepare()
         # Shown once, on this terminal only (never in .local/logs); afterwards the file holds it.
         new_password = stack.ensure_admin_password()
-        print(f"starting {', '.join(AIRFLOW_COMPONENTS)} and demo-upstream; logs in {stack.logs}", flush=True)
+        extras = ["demo-upstream"] + ([*celery.processes()] if celery else [])
+        print(
+            f"starting {', '.join(AIRFLOW_COMPONENTS)}, {', '.join(extras)}; logs in {stack.logs}", flush=True
+        )
         stack.start(supervise=True)
         stack.wait_healthy()
         login = f"{ADMIN_USER} / {stack.admin_password()}" if new_password else f"{ADMIN_USER}, password in"
@@ -741,6 +941,7 @@ def run() -> int:
             f"  login:    {login}\n"
             f"            {stack.admin_password_file} (mode 0600)\n"
             f"  demo API: http://127.0.0.1:{demo_port}\n"
+            f"{_celery_summary(celery)}"
             f"  logs:     {stack.logs}  (task logs: {stack.airflow_home / 'logs'})\n"
             "A component that exits is restarted (printed here and in its log); `make status` shows them.\n"
             "Ctrl-C or `make stop` stops everything.",
@@ -760,6 +961,23 @@ def run() -> int:
         RUN_STATUS_FILE.unlink(missing_ok=True)
         SUPERVISOR_PID.unlink(missing_ok=True)
         print("stopped.", flush=True)
+
+
+def _celery_summary(celery: CeleryCluster | None) -> str:
+    if celery is None:
+        return "  executor: LocalExecutor (`make run EXECUTOR=celery` for Celery workers)\n"
+    lines = [
+        f"  executor: CeleryExecutor, broker {_redact(celery.broker_url)}",
+        *(
+            f"  {w.name}:  {w.node_name()}, queues {','.join(w.queues)}, concurrency {celery.concurrency}"
+            for w in celery.workers
+        ),
+    ]
+    if celery.flower_port is not None:
+        lines.append(
+            f"  Flower:   http://127.0.0.1:{celery.flower_port} ({ADMIN_USER}, FLOWER_PASSWORD in {GENERATED_ENV})"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def stop(timeout: float = 60) -> int:
@@ -798,9 +1016,9 @@ def db_clean(days: int, *, execute: bool) -> int:
     embedded server if `make run` is not running, and stops it again afterwards.
     """
     ensure_private_dir(LOCAL_DIR)
-    role_passwords = load_env_files()
+    private_secrets = load_env_files()
     embedded_was_running = EmbeddedPostgres(LOCAL_DIR / "pgdata").is_running()
-    databases = choose_database(role_passwords)
+    databases = choose_database(private_secrets)
     before = datetime.now(UTC) - timedelta(days=days)
     command = ["db", "clean", "--clean-before-timestamp", before.isoformat(timespec="seconds")]
     command += ["--skip-archive", "--yes", "--error-on-cleanup-failure"]
@@ -894,13 +1112,29 @@ def main(argv: list[str] | None = None) -> int:
         help="for `db-clean`: remove Airflow metadata (runs, task instances, logs, XComs...) older than this",
     )
     parser.add_argument("--execute", action="store_true", help="for `db-clean`: delete (default: dry run)")
+    parser.add_argument(
+        "--executor",
+        choices=["local", "celery"],
+        default="local",
+        help="for `run`: LocalExecutor or CeleryExecutor",
+    )
+    parser.add_argument("--workers", type=int, default=2, help="for `run --executor celery`: Celery workers")
+    parser.add_argument(
+        "--queues",
+        help="for `run --executor celery`: queues per worker, handed out in turn (`source warehouse`); default all",
+    )
+    parser.add_argument(
+        "--flower", action="store_true", help="for `run --executor celery`: Flower on 127.0.0.1"
+    )
     args = parser.parse_args(argv)
     try:
         if args.command == "status":
             return status(args.status_file)
         if args.command == "db-clean":
             return db_clean(args.days, execute=args.execute)
-        return run() if args.command == "run" else stop()
+        if args.command == "run":
+            return run(ExecutorChoice(args.executor, args.workers, args.queues or None, args.flower))
+        return stop()
     except StackError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

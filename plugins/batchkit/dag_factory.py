@@ -19,6 +19,7 @@ from airflow.sdk import DAG, AsyncCallback, DeadlineAlert, DeadlineReference, Pa
 from batchkit.alert_channels import tier_of
 from batchkit.alerts import AlertRoute, FailureAlert, deadline_missed, runbook_line
 from batchkit.policy import EXPLICIT_SCHEDULING_ATTR
+from batchkit.queues import Queue
 
 RETRY_BACKOFF_MULTIPLIER = 2.0
 RUNBOOK_HEADING = re.compile(r"^##\s+Runbook\s*$", re.MULTILINE | re.IGNORECASE)
@@ -75,6 +76,8 @@ def standard_dag(
         "retry_exponential_backoff": RETRY_BACKOFF_MULTIPLIER,
         "max_retry_delay": max_retry_delay,
         "on_failure_callback": [FailureAlert(route=route)],
+        # Tasks that wait on an upstream API say so (queue=Queue.SOURCE); the rest is warehouse work.
+        "queue": Queue.WAREHOUSE.value,
         **(default_args_overrides or {}),
     }
     dag = DAG(

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from batchkit.queues import ALL_QUEUES
 from batchkit.taxonomy import tag_problems
 
 MIN_RETRIES = 2
@@ -48,7 +49,7 @@ def dag_problems(dag: Any) -> list[str]:
 
 
 def task_problems(task: Any) -> list[str]:
-    """What is wrong with one task: retries, backoff, owner, failure alert, pool for external systems."""
+    """What is wrong with one task: retries, backoff, owner, failure alert, queue, pool for external systems."""
     problems: list[str] = []
     if (task.retries or 0) < MIN_RETRIES:
         problems.append(f"retries must be >= {MIN_RETRIES}, is {task.retries}")
@@ -60,6 +61,8 @@ def task_problems(task: Any) -> list[str]:
         problems.append(f"owner must name a team or person, not {task.owner!r}")
     if not task.on_failure_callback:
         problems.append("needs an on_failure_callback (the final-failure alert)")
+    if task.queue not in ALL_QUEUES:
+        problems.append(f"queue {task.queue!r} has no Celery worker listening; use one of {list(ALL_QUEUES)}")
     external = external_conn_ids(task)
     if external and task.pool == DEFAULT_POOL:
         problems.append(

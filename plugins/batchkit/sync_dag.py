@@ -71,11 +71,12 @@ def build_sync_dag(spec: SyncSpec) -> DAG:
         description=spec.description,
         alert_route=spec.alerts.route(),
     ) as dag:
-        extract_stage = StageIntervalOperator(task_id="extract_stage", pool=source.pool, **common)
-        verify_quarantine = VerifyIntervalOperator(
-            task_id="verify_quarantine", pool=spec.target.pool, **common
-        )
-        merge = MergeIntervalOperator(task_id="merge", pool=spec.target.pool, **common)
+        # Where a task runs is decided by what it waits on: the upstream API or the warehouse.
+        on_source = {"pool": source.pool, "queue": str(source.queue)}
+        on_warehouse = {"pool": spec.target.pool, "queue": str(spec.target.queue)}
+        extract_stage = StageIntervalOperator(task_id="extract_stage", **on_source, **common)
+        verify_quarantine = VerifyIntervalOperator(task_id="verify_quarantine", **on_warehouse, **common)
+        merge = MergeIntervalOperator(task_id="merge", **on_warehouse, **common)
         interval_column = spec.target.interval_column
         in_interval = (
             f"{interval_column} >= '{{{{ {MERGED_INTERVAL}['interval_start'] }}}}'::timestamptz "
@@ -84,7 +85,7 @@ def build_sync_dag(spec: SyncSpec) -> DAG:
         check_keys = SQLColumnCheckOperator(
             task_id="check_keys",
             conn_id=spec.target.conn_id,
-            pool=spec.target.pool,
+            **on_warehouse,
             table=target.table,
             column_mapping={column: {"null_check": {"equal_to": 0}} for column in target.key},
             partition_clause=in_interval,
@@ -92,7 +93,7 @@ def build_sync_dag(spec: SyncSpec) -> DAG:
         check_rows_and_freshness = SQLTableCheckOperator(
             task_id="check_rows_and_freshness",
             conn_id=spec.target.conn_id,
-            pool=spec.target.pool,
+            **on_warehouse,
             table=target.table,
             checks={
                 "interval_row_count": {

@@ -27,6 +27,7 @@ from batchkit.extract.retry import RetryPolicy
 from batchkit.load.identifiers import IDENTIFIER_PATTERN
 from batchkit.load.postgres import MergeMode
 from batchkit.load.postgres import TargetSpec as LoadTarget
+from batchkit.queues import Queue
 from batchkit.sql_files import include_dir
 from batchkit.taxonomy import tag_problems
 
@@ -111,6 +112,8 @@ class SourceSpec(_Strict):
     conn_id: ConnId
     endpoint: str = Field(pattern=r"^/[A-Za-z0-9_\-/.]*$")
     pool: ConnId
+    # The Celery queue of the extract (batchkit.queues): workers that may wait on upstream APIs.
+    queue: Queue = Queue.SOURCE
     pagination: Pagination
     interval_params: IntervalParams = IntervalParams()
     params: dict[str, str | int] = Field(default_factory=dict)
@@ -136,6 +139,8 @@ class SourceSpec(_Strict):
 class TargetSection(_Strict):
     conn_id: ConnId = "warehouse"
     pool: ConnId = "warehouse"
+    # The Celery queue of verify, merge and the checks (batchkit.queues).
+    queue: Queue = Queue.WAREHOUSE
     table: str
     key: list[Identifier] = Field(min_length=1)
     merge: Literal["upsert", "replace_interval"] = "upsert"

@@ -76,9 +76,9 @@ def test_generated_secrets_are_0600_and_role_passwords_stay_out_of_the_environme
     assert mode(generated) == 0o600
     written = dict(line.split("=", 1) for line in generated.read_text().splitlines())
     assert set(written) == set(stack_module.GENERATED_SECRETS)
-    assert role_passwords == {key: written[key] for key in stack_module.ROLE_PASSWORDS}
+    assert role_passwords == {key: written[key] for key in stack_module.PRIVATE_SECRETS}
     assert os.environ["DEMO_API_TOKEN"] == written["DEMO_API_TOKEN"]
-    for key in stack_module.ROLE_PASSWORDS:
+    for key in stack_module.PRIVATE_SECRETS:
         assert key not in os.environ, f"{key} would reach every task's environment"
     # Generated once: a second load keeps the same values (and the file's mode).
     monkeypatch.delenv("DEMO_API_TOKEN")
