@@ -27,7 +27,9 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from batchkit.queues import ALL_QUEUES
 from tools.metadb import REPO_ROOT
+from tools.stack import CeleryCluster
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yaml"
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
@@ -74,6 +76,14 @@ def services() -> dict[str, dict[str, Any]]:
 def airflow_services() -> dict[str, dict[str, Any]]:
     """Services running Airflow itself, named `airflow-*` (demo-upstream only borrows the image)."""
     return {name: svc for name, svc in services().items() if name.startswith("airflow-")}
+
+
+def subcommand(service: dict) -> tuple[str, ...]:
+    """The `airflow` subcommand a service runs, without its options: ("celery", "worker") for
+    `celery worker --queues source,warehouse`."""
+    words = as_list(service.get("command"))
+    options = next((i for i, word in enumerate(words) if word.startswith("-")), len(words))
+    return tuple(words[:options])
 
 
 def as_list(value: str | list[str] | None) -> list[str]:
@@ -352,7 +362,7 @@ def test_celery_services_run_only_in_the_celery_profile() -> None:
 
 
 def test_the_api_server_is_published_and_is_where_the_execution_api_points() -> None:
-    (api_server,) = [n for n, s in services().items() if as_list(s.get("command")) == ["api-server"]]
+    (api_server,) = [n for n, s in services().items() if subcommand(s) == ("api-server",)]
     service = services()[api_server]
     port = url_port(healthcheck_url(service))
     assert port in published_container_ports(service), (
@@ -450,23 +460,50 @@ def test_component_healthchecks_use_the_ports_airflow_listens_on() -> None:
         ("api-server",): conf.get_default_value("api", "port"),
     }
     for command, port in listening.items():
-        (name,) = [n for n, s in services().items() if tuple(as_list(s.get("command"))) == command]
+        (name,) = [n for n, s in services().items() if subcommand(s) == command]
         assert url_port(healthcheck_url(services()[name])) == int(port), (
             f"service {name}: healthcheck.test does not use port {port}"
         )
-    (scheduler,) = [n for n, s in services().items() if as_list(s.get("command")) == ["scheduler"]]
+    (scheduler,) = [n for n, s in services().items() if subcommand(s) == ("scheduler",)]
     assert environment(services()[scheduler]).get("AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK") == "true", (
         f"service {scheduler}: environment.AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK must be true for port 8974"
     )
 
 
 def test_worker_healthcheck_pings_the_celery_app_airflow_provides() -> None:
-    (worker,) = [n for n, s in services().items() if as_list(s.get("command")) == ["celery", "worker"]]
+    (worker,) = [n for n, s in services().items() if subcommand(s) == ("celery", "worker")]
     test = " ".join(as_list(services()[worker]["healthcheck"]["test"]))
     app_path = re.search(r"--app (\S+)", test)[1]
     module_name, _, attribute = app_path.rpartition(".")
     app = getattr(importlib.import_module(module_name), attribute)
     assert app.main, f"service {worker}: healthcheck.test: {app_path} is not a Celery app"
+
+
+def test_celery_workers_serve_every_queue_with_the_settings_of_make_run() -> None:
+    workers = {n: s for n, s in services().items() if subcommand(s) == ("celery", "worker")}
+    served: set[str] = set()
+    for name, service in workers.items():
+        command = as_list(service["command"])
+        assert "--queues" in command, f"service {name}: no --queues; it would listen to `default` only"
+        served |= set(command[command.index("--queues") + 1].split(","))
+    assert served == set(ALL_QUEUES), (
+        f"docker-compose.yaml: workers listen to {sorted(served)}, the library routes to {sorted(ALL_QUEUES)}"
+    )
+    local = CeleryCluster(broker_url="redis://unused", result_backend="db+unused", workers=()).env()
+    for name, service in workers.items():
+        env = environment(service)
+        for setting in ("AIRFLOW__CELERY__WORKER_CONCURRENCY", "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT"):
+            assert literal_text(env[setting]) == local[setting], (
+                f"service {name}: {setting} defaults to {literal_text(env[setting])!r}, make run uses {local[setting]!r}"
+            )
+
+
+def test_the_redis_broker_keeps_its_messages_on_disk() -> None:
+    (broker,) = [s for s in services().values() if s["image"].startswith("redis:")]
+    command = as_list(broker["command"])
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--appendfsync") + 1] == "always"
+    assert mounts(broker).get("/data") in compose()["volumes"], "the broker's /data is not a named volume"
 
 
 # --- airflow-init -----------------------------------------------------------------------------------
@@ -561,7 +598,7 @@ SECRET_AUDIENCE = {
 
 
 def service_named_by(command: tuple[str, ...]) -> str:
-    (name,) = [n for n, s in services().items() if tuple(as_list(s.get("command"))) == command]
+    (name,) = [n for n, s in services().items() if subcommand(s) == command]
     return name
 
 
