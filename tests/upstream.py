@@ -56,6 +56,10 @@ class Upstream:
     def stats(self) -> dict[str, Any]:
         return self._control("GET", "/_stats")
 
+    def arrivals(self, path: str) -> list[float]:
+        """When each request to data path `path` arrived, in seconds of the server's monotonic clock."""
+        return [arrived for where, arrived in self._control("GET", "/_arrivals")["arrivals"] if where == path]
+
     def requests_to(self, path: str) -> int:
         return self.stats()["paths"].get(path, 0)
 

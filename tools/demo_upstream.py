@@ -19,6 +19,8 @@ Pages carry a strong ETag and answer If-None-Match with 304. GET /healthz needs 
 Control:
     POST /_faults   {"rules": [...]} replaces the fault plan (see FaultRule); GET /_faults shows it
     GET  /_stats    request counts per path and per (path, page position), TCP connections accepted
+    GET  /_arrivals [[path, seconds], ...]: when each data request arrived (monotonic clock, the latest
+                    ARRIVALS_KEPT), to check a client's rate limit (max requests in any 1-s window)
     POST /_reset    clears faults and stats
 Inboxes (the default `alerts_webhook` and `reports_webhook` targets of `make run` and compose, so alerts
 and report deliveries are visible offline), one per path, never mixed:
@@ -44,7 +46,7 @@ import struct
 import sys
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -67,6 +69,7 @@ ID_DAY_FACTOR = 10_000_000
 SECONDS_PER_DAY = 86_400
 ORDER_STATUSES = ("placed", "paid", "shipped", "delivered", "cancelled")
 COUNTRIES = ("DE", "FR", "NL", "US", "GB", "ES", "IT", "PL", "SE", "JP")
+ARRIVALS_KEPT = 100_000
 
 
 class RequestError(Exception):
@@ -338,6 +341,7 @@ class Stats:
         self._lock = threading.Lock()
         self._paths: Counter[str] = Counter()
         self._pages: defaultdict[str, Counter[int]] = defaultdict(Counter)
+        self._arrivals: deque[tuple[str, float]] = deque(maxlen=ARRIVALS_KEPT)
         self._connections = 0
 
     def connection_opened(self) -> None:
@@ -345,7 +349,9 @@ class Stats:
             self._connections += 1
 
     def count(self, path: str, page: int | None) -> None:
+        arrived = time.monotonic()
         with self._lock:
+            self._arrivals.append((path, arrived))
             self._paths[path] += 1
             if page is not None:
                 self._pages[path][page] += 1
@@ -359,8 +365,13 @@ class Stats:
                 "pages": {path: {str(k): v for k, v in sorted(c.items())} for path, c in self._pages.items()},
             }
 
+    def arrivals(self) -> list[tuple[str, float]]:
+        with self._lock:
+            return list(self._arrivals)
+
     def clear(self) -> None:
         with self._lock:
+            self._arrivals.clear()
             self._paths.clear()
             self._pages.clear()
             self._connections = 0
@@ -585,6 +596,8 @@ class Handler(BaseHTTPRequestHandler):
         self._authorize()
         if path == "/_stats":
             self._send_json(200, self.server.stats.snapshot())
+        elif path == "/_arrivals":
+            self._send_json(200, {"arrivals": self.server.stats.arrivals()})
         elif path == "/_faults":
             self._send_json(200, {"rules": self.server.faults.describe()})
         elif path in INBOXES:

@@ -219,6 +219,10 @@ class CeleryCluster:
             "AIRFLOW__CELERY__BROKER_URL": self.broker_url,
             "AIRFLOW__CELERY__RESULT_BACKEND": self.result_backend,
             "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(self.concurrency),
+            # Sized together: below workers x concurrency, parallelism (not the workers) would be the cap.
+            "AIRFLOW__CORE__PARALLELISM": os.environ.get(
+                "AIRFLOW__CORE__PARALLELISM", str(max(8, len(self.workers) * self.concurrency))
+            ),
             # A task nobody picked up (its message lost with a broker that had no disk) is queued again
             # after 2 min instead of Airflow's 10.
             "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": os.environ.get(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -162,9 +162,13 @@ def finish_checkpoint(
     inserted: int | None = None,
     updated: int | None = None,
     deleted: int | None = None,
-) -> None:
-    """Close the interval as 'complete' (with the merge's counts) or 'rejected'."""
-    conn.execute(
+) -> timedelta | None:
+    """Close the interval as 'complete' (with the merge's counts) or 'rejected'.
+
+    Returns how long the interval took from its clean start (the checkpoint's started_at: the first
+    page of the staging, before any resume) to now, by the database's clock; None without a checkpoint.
+    """
+    row = conn.execute(
         sql.SQL(
             """
         UPDATE batch_meta.checkpoints
@@ -172,6 +176,7 @@ def finish_checkpoint(
                rows_updated = %(updated)s, rows_deleted = %(deleted)s,
                updated_at = now(), completed_at = now()
          WHERE {key}
+        RETURNING completed_at - started_at
         """
         ).format(key=INTERVAL_KEY_MATCH),
         {
@@ -182,7 +187,8 @@ def finish_checkpoint(
             "updated": updated,
             "deleted": deleted,
         },
-    )
+    ).fetchone()
+    return row[0] if row else None
 
 
 def _checkpoint(row: dict[str, Any]) -> Checkpoint:

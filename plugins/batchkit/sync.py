@@ -78,6 +78,7 @@ from batchkit.load.postgres import (
 )
 from batchkit.observability import count, get_logger, timing
 from batchkit.pages import Page
+from batchkit.progress import Progress, SyncSummary
 
 __all__ = [
     "DEFAULT_LOCK_WAIT",
@@ -204,9 +205,10 @@ def stage_interval(
         checkpoint = _resume_or_start(conn, identity, staging, bound)
         resumed_from_page = checkpoint.pages_done + 1
         if not checkpoint.source_exhausted:
+            progress = Progress.start(pages_done=checkpoint.pages_done, received=checkpoint.rows_received)
             for page in fetch_pages(checkpoint.next_state, checkpoint.pages_done):
                 checkpoint = _commit_page(
-                    conn, identity, contract, staging, page, checkpoint, row_rule, bound
+                    conn, identity, contract, staging, page, checkpoint, row_rule, progress, bound
                 )
     if not checkpoint.source_exhausted:
         raise RuntimeError(f"{identity.scope()}: the source stopped before its last page; retry resumes")
@@ -268,7 +270,7 @@ def merge_interval(
         result = _verified(conn, target, identity, staging, checkpoint, max_quarantine_ratio, restage, bound)
         with conn.transaction():
             merged = merge_staging(conn, staging, (identity.interval.start, identity.interval.end))
-            finish_checkpoint(
+            interval_took = finish_checkpoint(
                 conn,
                 identity,
                 CheckpointState.COMPLETE,
@@ -282,17 +284,19 @@ def merge_interval(
     tags = {"dag_id": identity.dag_id, "task_id": identity.task_id, "target": target.table}
     count("rows_loaded", result.loaded, **tags)
     timing("merge_duration", duration, **tags)
-    bound.info(
-        "sync_merged",
+    # The interval's final line: every count, whether they reconcile, and how long it all took.
+    final = SyncSummary(
         pages=result.pages,
-        rows_received=result.received,
-        rows_loaded=result.loaded,
-        rows_quarantined=result.quarantined,
-        rows_inserted=merged.inserted,
-        rows_updated=merged.updated,
-        rows_deleted=merged.deleted,
-        duration_s=round(duration, 3),
+        received=result.received,
+        loaded=result.loaded,
+        quarantined=result.quarantined,
+        inserted=merged.inserted,
+        updated=merged.updated,
+        deleted=merged.deleted,
+        merge_s=duration,
+        interval_s=None if interval_took is None else interval_took.total_seconds(),
     )
+    (bound.info if final.reconciled else bound.error)("sync_merged", **final.log_fields())
     return result
 
 
@@ -402,6 +406,7 @@ def _commit_page(
     page: Page,
     checkpoint: Checkpoint,
     row_rule: RowRule | None,
+    progress: Progress,
     bound: Any,
 ) -> Checkpoint:
     _check_page_order(page, checkpoint.pages_done, source_exhausted=checkpoint.source_exhausted)
@@ -420,15 +425,34 @@ def _commit_page(
         )
     if quarantined:
         count("rows_quarantined", quarantined, dag_id=identity.dag_id, target=staging.target.table)
+    # The page's one line: its fetch, what became of its records, and where the interval stands.
+    done = progress.page(
+        page,
+        received=checkpoint.rows_received,
+        staged=checkpoint.rows_staged,
+        quarantined=checkpoint.rows_quarantined,
+    )
     bound.info(
         "sync_page_committed",
-        page=page.number,
+        **done.log_fields(),
         rows=len(page.records),
         rows_staged=staged,
         rows_quarantined=quarantined,
-        last_page=page.next_state is None,
+        **_fetch_fields(page),
     )
     return checkpoint
+
+
+def _fetch_fields(page: Page) -> dict[str, Any]:
+    """How the page's request went, when the fetcher says (RestApiHook does)."""
+    fields: dict[str, Any] = {}
+    if page.latency_ms is not None:
+        fields["latency_ms"] = page.latency_ms
+    if page.retries:
+        fields["retries"] = page.retries
+    if page.not_modified:
+        fields["not_modified"] = True
+    return fields
 
 
 def _check_page_order(page: Page, pages_done: int, *, source_exhausted: bool) -> None:
@@ -514,6 +538,7 @@ def _dry_run(
     pages = received = loaded = quarantined = 0
     lowest = highest = None
     source_exhausted = False
+    progress = Progress.start()
     for page in fetch_pages(None, 0):
         _check_page_order(page, pages, source_exhausted=source_exhausted)
         validated = validate_records(contract, page.records, target.columns, row_rule=row_rule)
@@ -524,12 +549,14 @@ def _dry_run(
         pages, received = page.number, received + len(page.records)
         loaded, quarantined = loaded + len(validated.rows), quarantined + len(validated.rejected)
         source_exhausted = page.next_state is None
+        done = progress.page(page, received=received, staged=loaded, quarantined=quarantined)
         bound.info(
             "sync_page_validated",
-            page=page.number,
+            **done.log_fields(),
             rows=len(page.records),
             rows_valid=len(validated.rows),
             rows_rejected=len(validated.rejected),
+            **_fetch_fields(page),
         )
     result = SyncResult(
         target=target.table,

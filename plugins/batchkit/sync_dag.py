@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from airflow.providers.common.sql.operators.sql import SQLColumnCheckOperator, SQLTableCheckOperator
 from airflow.sdk import DAG, CronDataIntervalTimetable
 
 from batchkit.assets import table_asset
 from batchkit.dag_factory import standard_dag
+from batchkit.operators.quality import SQLColumnCheckOperator, SQLTableCheckOperator
 from batchkit.operators.sync import (
     IntervalSource,
     MergeIntervalOperator,
@@ -108,6 +108,7 @@ def build_sync_dag(spec: SyncSpec) -> DAG:
                 },
             },
             outlets=[table_asset(target.table, conn_id=spec.target.conn_id)],
+            counts_from="merge",
         )
         extract_stage >> verify_quarantine >> merge >> check_keys >> check_rows_and_freshness
     return dag

@@ -23,6 +23,7 @@ WAREHOUSE_DDL = (
     "sql/batch_meta/checkpoints.sql",
     "sql/batch_meta/quarantine.sql",
     "sql/batch_meta/alert_log.sql",
+    "sql/batch_meta/quality_results.sql",
     "sql/targets/sales_orders.sql",
     "sql/targets/crm_customers.sql",
 )
@@ -33,6 +34,7 @@ RESET_TABLES = (
     "batch_meta.checkpoints",
     "batch_meta.quarantine",
     "batch_meta.alert_log",
+    "batch_meta.quality_results",
 )
 
 

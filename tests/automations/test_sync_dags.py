@@ -160,6 +160,33 @@ def asset_events(sync: Sync, run_id: str) -> list[tuple[str | None, str | None]]
     return [tuple(row) for row in rows]
 
 
+def asset_event_extras(sync: Sync, run_id: str) -> list[tuple[str | None, dict[str, Any]]]:
+    """(source_task_id, extra) of each event of the sync's table Asset emitted by `run_id`."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select as select_rows
+
+    uri = table_asset(sync.table, conn_id=sync.spec.target.conn_id).uri
+    with create_session() as session:
+        rows = session.execute(
+            select_rows(AssetEvent.source_task_id, AssetEvent.extra)
+            .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
+            .where(AssetModel.uri == uri, AssetEvent.source_run_id == run_id)
+            .order_by(AssetEvent.id)
+        ).all()
+    return [(task_id, dict(extra or {})) for task_id, extra in rows]
+
+
+def quality_rows(warehouse: psycopg.Connection, run_id: str) -> list[tuple[Any, ...]]:
+    return warehouse.execute(
+        """
+        SELECT task_id, check_name, column_name, passed, interval_start, interval_end, observed
+          FROM batch_meta.quality_results WHERE run_id = %s ORDER BY task_id, check_name
+        """,
+        (run_id,),
+    ).fetchall()
+
+
 def checkpoint(warehouse: psycopg.Connection, sync: Sync, start: datetime, end: datetime) -> dict[str, Any]:
     with warehouse.cursor(row_factory=psycopg.rows.dict_row) as cur:
         row = cur.execute(
@@ -266,6 +293,56 @@ def test_a_sync_dag_loads_one_interval_end_to_end(
         "rows_quarantined": 0,
     }
     assert asset_events(sync, run.run_id) == [(dag_id, "check_rows_and_freshness")]
+
+
+def test_checks_record_their_results_and_the_asset_event_carries_the_sync_counts(
+    syncs: dict[str, Sync],
+    upstream: Upstream,
+    warehouse: psycopg.Connection,
+    volumes: Volumes,
+) -> None:
+    sync = syncs["sales_orders_sync"]
+    dag = sync.dag
+    logical_date = at_cron_tick(sync, (2026, 3, 12))
+    start, end = logical_date - timedelta(days=1), logical_date
+    received = select(sync.resource, start, end, volumes).total
+    bad = [5, received - 1]  # two records the contract rejects: quarantined, not loaded
+    upstream.set_faults(
+        {"kind": "bad_records", "path": sync.endpoint, "defect": "missing_id", "record_indices": bad}
+    )
+
+    run = run_dag(dag, logical_date)
+
+    assert run.state == "success"
+    assert task_states(sync.spec.dag_id, run.run_id) == dict.fromkeys(SYNC_TASKS, "success")
+    loaded = len(target_rows(warehouse, sync))
+    assert loaded == received - len(bad)
+    assert asset_event_extras(sync, run.run_id) == [
+        (
+            "check_rows_and_freshness",
+            {
+                "target": sync.table,
+                "interval_start": start.isoformat(),
+                "interval_end": end.isoformat(),
+                "pages": page_count(sync, received),
+                "received": received,
+                "loaded": loaded,
+                "quarantined": len(bad),
+                "inserted": loaded,
+                "updated": 0,
+                "deleted": 0,
+                "reconciled": True,
+                "checks_passed": 2,
+                "checks_failed": 0,
+            },
+        )
+    ]
+    assert quality_rows(warehouse, run.run_id) == [
+        ("check_keys", f"{key}.null_check", key, True, start, end, "0") for key in sync.key
+    ] + [
+        ("check_rows_and_freshness", "freshness", None, True, start, end, "1"),
+        ("check_rows_and_freshness", "interval_row_count", None, True, start, end, "1"),
+    ]
 
 
 def test_loading_the_same_interval_twice_leaves_the_table_identical(

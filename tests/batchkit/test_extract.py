@@ -29,7 +29,7 @@ from batchkit.extract.pagination import (
     link_target,
     parse_pagination,
 )
-from batchkit.extract.ratelimit import bucket_for
+from batchkit.extract.ratelimit import limiter_for
 from batchkit.extract.retry import RetriesExhaustedError, RetryPolicy, is_transient_status, parse_retry_after
 from batchkit.hooks.rest_api import RestApiHook
 from batchkit.pages import Page
@@ -329,12 +329,19 @@ def test_bad_token_fails_with_401_and_no_secret_in_output(upstream, connect, cap
 def test_logs_name_the_page_but_never_the_token(upstream, connect, capfd) -> None:
     upstream.set_faults({"kind": "status", "status": 503, "path": "/v1/orders", "page": 1})
     with RestApiHook(connect(), retry_policy=FAST_RETRIES) as hook:
-        list(hook.iter_pages("/v1/orders", pagination=STYLES["page_number_total_pages"][1], params=WINDOW))
+        pages = list(
+            hook.iter_pages("/v1/orders", pagination=STYLES["page_number_total_pages"][1], params=WINDOW)
+        )
 
     output = capfd.readouterr()
     logs = output.out + output.err
-    assert "page_fetched" in logs
     assert "request_retry" in logs
+    assert "request='GET /v1/orders page 1'" in logs
+    # The per-page fetch line is debug: the retries, latency and stated total travel on the Page to the
+    # sync's one line per page (batchkit.sync, sync_page_committed).
+    assert pages[0].retries >= 1
+    assert pages[0].latency_ms > 0
+    assert [page.total_pages for page in pages] == [len(pages)] * len(pages)
     assert upstream.token not in logs
 
 
@@ -365,13 +372,16 @@ def test_rate_limit_spaces_requests(upstream, connect) -> None:
 
 
 def test_rate_limit_is_shared_by_threads_on_one_connection() -> None:
+    # The limit lives in the shared store (here the warehouse Postgres), so separate limiter objects of
+    # one connection id, as separate hooks or processes hold them, draw from one schedule.
+    # Processes and both stores: tests/batchkit/test_ratelimit.py.
     rate, per_thread, threads = 20.0, 5, 3
     conn_id = f"shared_{uuid.uuid4().hex}"
-    assert bucket_for(conn_id, rate) is bucket_for(conn_id, rate)
 
     def take() -> None:
+        limiter = limiter_for(conn_id, rate)
         for _ in range(per_thread):
-            bucket_for(conn_id, rate).acquire()
+            limiter.acquire()
 
     workers = [threading.Thread(target=take) for _ in range(threads)]
     started = time.monotonic()

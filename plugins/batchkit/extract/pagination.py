@@ -95,6 +95,11 @@ class _Style(BaseModel):
         """Whether a response can state every request after it, so pages may be fetched concurrently."""
         return False
 
+    def stated_totals(self, response: PageResponse) -> tuple[int | None, int | None]:
+        """(total pages, total records) of the whole extraction as this response states them, for
+        progress reporting; None where the style reads no such field or the body lacks an integer."""
+        return None, None
+
 
 class PageNumberPagination(_Style):
     """?page=N&page_size=S; ends on an empty page, or on the last page when the body states the total."""
@@ -112,6 +117,11 @@ class PageNumberPagination(_Style):
 
     def first_request(self) -> PageRequest:
         return PageRequest({self.page_param: self.first_page, self.size_param: self.page_size})
+
+    def stated_totals(self, response: PageResponse) -> tuple[int | None, int | None]:
+        if self.total_pages_field is None:
+            return None, None
+        return _int_or_none(field_at(response.body, self.total_pages_field)), None
 
     def next_request(
         self, request: PageRequest, response: PageResponse, records: list[dict[str, Any]]
@@ -157,6 +167,11 @@ class OffsetPagination(_Style):
 
     def first_request(self) -> PageRequest:
         return PageRequest({self.offset_param: 0, self.limit_param: self.limit})
+
+    def stated_totals(self, response: PageResponse) -> tuple[int | None, int | None]:
+        if self.total_field is None:
+            return None, None
+        return None, _int_or_none(field_at(response.body, self.total_field))
 
     def next_request(
         self, request: PageRequest, response: PageResponse, records: list[dict[str, Any]]
@@ -254,6 +269,10 @@ def link_target(link_header: str | None, rel: str, *, base_url: str) -> str | No
 def _origin(url: str) -> tuple[str, str]:
     parts = urlsplit(url)
     return parts.scheme, parts.netloc
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def _size_params(size_param: str | None, page_size: int | None) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Which HTTP failures are worth retrying inside the task, and how long to wait before the next try.
 
-Transient: connection errors, timeouts, truncated bodies, 408, 429 and 5xx — retried with exponential
+Transient: connection errors, timeouts, truncated bodies, 408, 429 and 5xx, and TransientError (the
+shared rate limit's store unreachable) — retried with exponential
 backoff and full jitter, or after the server's Retry-After (both RFC 9110 forms, capped). Permanent: any
 other 4xx (and unexpected 3xx) — AirflowFailException at once, so neither this loop nor Airflow's task
 retries hammer a request that cannot succeed. When the retries run out, RetriesExhaustedError (an
@@ -38,6 +39,11 @@ class TransientHttpError(Exception):
         self.retry_after = retry_after
 
 
+class TransientError(Exception):
+    """A failure outside the HTTP exchange that is retried like one, e.g. the shared rate limit's store
+    being unreachable (batchkit.extract.ratelimit.RateLimitStoreError)."""
+
+
 class RetriesExhaustedError(Exception):
     """A request still failed transiently when its attempts or time budget ran out."""
 
@@ -48,7 +54,7 @@ def is_transient_status(status: int) -> bool:
 
 
 def is_transient(error: BaseException) -> bool:
-    return isinstance(error, (TransientHttpError, *TRANSIENT_EXCEPTIONS))
+    return isinstance(error, (TransientHttpError, TransientError, *TRANSIENT_EXCEPTIONS))
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:

@@ -6,7 +6,8 @@ basic auth (login/password), verify/proxies, and extra keys as request headers. 
 - Bearer auth: a connection with a password and no login sends `Authorization: Bearer <password>`.
 - Timeouts (connect, read) on every request: the `timeout` argument, else the connection extra
   `timeout` (seconds, or [connect, read]), else DEFAULT_TIMEOUT.
-- A client-side rate limit per connection id: `requests_per_second` argument or connection extra.
+- A client-side rate limit per connection id, shared by every process on every machine
+  (batchkit.extract.ratelimit): connection extra `requests_per_second` (or the argument) and `burst`.
 - Retries inside the task (batchkit.extract.retry), pagination (batchkit.extract.pagination), resume
   from a Page.next_state, and conditional requests when the caller keeps a validator store.
 
@@ -33,13 +34,14 @@ from airflow.providers.http.hooks.http import HttpHook
 from airflow.sdk.exceptions import AirflowFailException
 
 from batchkit.extract.pagination import PageFormatError, PageRequest, PageResponse, Pagination
-from batchkit.extract.ratelimit import TokenBucket, bucket_for
+from batchkit.extract.ratelimit import RateLimiter, limiter_for
 from batchkit.extract.retry import TRANSIENT_EXCEPTIONS, RetryPolicy, check_status
 from batchkit.observability import count, get_logger, timing
 from batchkit.pages import Page
 
 DEFAULT_TIMEOUT = (5.0, 60.0)
 RATE_EXTRA_KEY = "requests_per_second"
+BURST_EXTRA_KEY = "burst"
 
 log = get_logger(__name__)
 
@@ -74,7 +76,7 @@ class RestApiHook(HttpHook):
         self._rate_argument = requests_per_second
         self._session: requests.Session | None = None
         self._send_options: dict[str, Any] = {}
-        self._bucket: TokenBucket | None = None
+        self._limiter: RateLimiter | None = None
 
     def _extract_auth(self, connection: Any) -> Any:
         if not connection.login and connection.password:
@@ -85,8 +87,9 @@ class RestApiHook(HttpHook):
         self, headers: dict[Any, Any] | None = None, extra_options: dict[str, Any] | None = None
     ) -> requests.Session:
         session = super().get_conn(headers, extra_options)
-        # HttpHook turns every unrecognised extra key into a header; this one configures the hook.
+        # HttpHook turns every unrecognised extra key into a header; these configure the rate limit.
         session.headers.pop(RATE_EXTRA_KEY, None)
+        session.headers.pop(BURST_EXTRA_KEY, None)
         return session
 
     @property
@@ -102,7 +105,9 @@ class RestApiHook(HttpHook):
             }
             extra = self.get_connection(self.http_conn_id).extra_dejson
             rate = self._rate_argument if self._rate_argument is not None else extra.get(RATE_EXTRA_KEY)
-            self._bucket = None if rate is None else bucket_for(self.http_conn_id, float(rate))
+            burst = extra.get(BURST_EXTRA_KEY, 1)
+            # One limit per connection id across the cluster (every thread, process and worker).
+            self._limiter = None if rate is None else limiter_for(self.http_conn_id, float(rate), burst)
         return self._session
 
     def close(self) -> None:
@@ -255,11 +260,12 @@ class RestApiHook(HttpHook):
         response, retries = self._send(prepared, endpoint, what, stop)
 
         remaining: list[PageRequest] | None = None
+        totals: tuple[int | None, int | None] = (None, None)
         if response.status_code == 304 and validator is not None:
             records: list[dict[str, Any]] = []
             next_request = None if validator["next"] is None else PageRequest.from_state(validator["next"])[1]
         else:
-            records, next_request, remaining = self._parse(response, pagination, request, what)
+            records, next_request, remaining, totals = self._parse(response, pagination, request, what)
             etag = response.headers.get("ETag")
             if validators is not None and etag:
                 validators[prepared.url] = {
@@ -267,19 +273,32 @@ class RestApiHook(HttpHook):
                     "next": None if next_request is None else next_request.to_state(number + 1),
                 }
         seconds = time.monotonic() - started
-        log.info(
+        latency_ms = round(seconds * 1000, 1)
+        not_modified = response.status_code == 304
+        # Debug only: the consumer's one line per page (batchkit.sync, `sync_page_committed`) carries the
+        # latency and retries from the Page, next to what became of the page's records.
+        log.debug(
             "page_fetched",
             endpoint=endpoint,
             page=number,
             rows=len(records),
-            latency_ms=round(seconds * 1000, 1),
+            latency_ms=latency_ms,
             retries=retries,
-            not_modified=response.status_code == 304,
+            not_modified=not_modified,
         )
         count("extract.pages", endpoint=endpoint)
         count("extract.records", len(records), endpoint=endpoint)
         timing("extract.page_latency", seconds, endpoint=endpoint)
-        page = Page(number, records, None if next_request is None else next_request.to_state(number + 1))
+        page = Page(
+            number,
+            records,
+            None if next_request is None else next_request.to_state(number + 1),
+            total_pages=totals[0],
+            total_records=totals[1],
+            latency_ms=latency_ms,
+            retries=retries,
+            not_modified=not_modified,
+        )
         return _Fetched(page, next_request, remaining)
 
     def _send(
@@ -300,8 +319,12 @@ class RestApiHook(HttpHook):
         def attempt() -> requests.Response:
             if stop is not None and stop.is_set():
                 raise FetchCancelledError(f"{what}: cancelled, the consumer stopped reading pages")
-            if self._bucket is not None:
-                self._bucket.acquire()
+            if self._limiter is not None:
+                # Reserves the next cluster-wide slot and sleeps until it; a closed consumer ends the
+                # sleep, and then the request is not sent (its slot is lost, the limit kept).
+                self._limiter.acquire(sleep=time.sleep if stop is None else stop.wait)
+                if stop is not None and stop.is_set():
+                    raise FetchCancelledError(f"{what}: cancelled, the consumer stopped reading pages")
             try:
                 response = self.run_and_check(session, prepared, self._send_options)
             except TRANSIENT_EXCEPTIONS as error:
@@ -332,7 +355,9 @@ class RestApiHook(HttpHook):
     @staticmethod
     def _parse(
         response: requests.Response, pagination: Pagination, request: PageRequest, what: str
-    ) -> tuple[list[dict[str, Any]], PageRequest | None, list[PageRequest] | None]:
+    ) -> tuple[
+        list[dict[str, Any]], PageRequest | None, list[PageRequest] | None, tuple[int | None, int | None]
+    ]:
         # msgspec (an Airflow core dependency) parses a page in about half the time of json.loads, and
         # holds to RFC 8259: NaN, Infinity and numbers beyond float64 are malformed, not guessed at.
         try:
@@ -348,6 +373,7 @@ class RestApiHook(HttpHook):
                 records,
                 pagination.next_request(request, parsed, records),
                 pagination.remaining_requests(request, parsed, records),
+                pagination.stated_totals(parsed),
             )
         except PageFormatError as error:
             raise AirflowFailException(f"{what}: {error}") from error
