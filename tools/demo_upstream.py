@@ -68,6 +68,7 @@ MAX_DAYS = 3660
 ID_DAY_FACTOR = 10_000_000
 SECONDS_PER_DAY = 86_400
 ORDER_STATUSES = ("placed", "paid", "shipped", "delivered", "cancelled")
+UNKNOWN_STATUS = "refunded"
 COUNTRIES = ("DE", "FR", "NL", "US", "GB", "ES", "IT", "PL", "SE", "JP")
 ARRIVALS_KEPT = 100_000
 
@@ -243,7 +244,8 @@ class FaultRule(BaseModel):
                          carrying a NaN literal (nan), which Python's json module would accept
     kind=bad_records     corrupt the records at `record_indices` (0-based positions in the result) with
                          `defect`: negative_amount, missing_id (drops the first field), wrong_type
-                         (the first field becomes a string)
+                         (the first field becomes a string), unknown_status (a well-formed status the
+                         shop never sends: passes the contract, fails the sync's accepted_values check)
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -256,7 +258,7 @@ class FaultRule(BaseModel):
     retry_after: NonNegativeFloat | None = None
     retry_after_format: Literal["seconds", "http_date"] = "seconds"
     delay: NonNegativeFloat = 0.0
-    defect: Literal["negative_amount", "missing_id", "wrong_type"] = "negative_amount"
+    defect: Literal["negative_amount", "missing_id", "wrong_type", "unknown_status"] = "negative_amount"
     json_defect: Literal["truncated", "nan"] = "truncated"
     record_indices: list[int] = Field(default_factory=list)
 
@@ -333,6 +335,8 @@ def corrupt(records: list[dict[str, Any]], offset: int, rules: list[FaultRule]) 
                 del item[id_field]
             elif rule.defect == "wrong_type":
                 item[id_field] = f"not-a-number-{item[id_field]}"
+            elif rule.defect == "unknown_status" and "status" in item:
+                item["status"] = UNKNOWN_STATUS
     return records
 
 

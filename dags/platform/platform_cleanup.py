@@ -7,11 +7,11 @@ from datetime import timedelta
 from typing import Any
 
 import pendulum
-from airflow.sdk import CronTriggerTimetable, Param, Variable, get_current_context, task
+from airflow.sdk import CronTriggerTimetable, Param, get_current_context, task
 
 from batchkit.dag_factory import dry_run_requested, standard_dag
 from batchkit.observability import get_logger, run_fields
-from batchkit.report import REPORTS_BASE_VARIABLE, report_folder, reports_base
+from batchkit.report import REPORTS_BASE_VARIABLE, configured_reports_base, report_folder
 from batchkit.retention import (
     PARAM_DESCRIPTIONS,
     RetentionPolicy,
@@ -33,7 +33,7 @@ from the run's `run_after`, and logs the count per table (`removed` lines, and t
 | Task | Removes |
 |---|---|
 | `purge_warehouse` (pool `warehouse`) | sync staging tables `batch_meta.stg_*` of intervals whose checkpoint was last updated more than `staging_days` [{DEFAULTS.staging_days}] ago (a run that died and was never rerun); rows of `batch_meta.quarantine` [{DEFAULTS.quarantine_days}], `batch_meta.checkpoints` [{DEFAULTS.checkpoint_days}], `batch_meta.side_effects` (the ledger) [{DEFAULTS.ledger_days}], `batch_meta.alert_log` [{DEFAULTS.alert_log_days}] |
-| `purge_report_files` | report files (`<base>/sales_daily/sales_daily_<day>.*`) of days more than `report_file_days` [{DEFAULTS.report_file_days}] back; `<base>` as sales_daily_report resolves it (Variable `{REPORTS_BASE_VARIABLE}`) |
+| `purge_report_files` | report files (`<base>/sales_daily/sales_daily_<day>.*`) of days more than `report_file_days` [{DEFAULTS.report_file_days}] back; `<base>` and its connection as sales_daily_report resolves them (Variable `{REPORTS_BASE_VARIABLE}`, else env) |
 
 Logic in `plugins/batchkit/retention.py`. `dry_run=true` counts what each step would remove and removes
 nothing. A ledger row removed means a rerun of that old key would perform its action again (e.g.
@@ -112,7 +112,7 @@ with standard_dag(
         context = get_current_context()
         policy, now = _policy_and_now(context)
         dry_run = dry_run_requested(context)
-        folder = report_folder(reports_base(Variable.get(REPORTS_BASE_VARIABLE, default=None)))
+        folder = report_folder(configured_reports_base())
         older_than = policy.cutoff("report_file_days", now).date()
         removed = {str(folder): purge_report_files(folder, older_than=older_than, dry_run=dry_run)}
         log.info(

@@ -62,8 +62,9 @@ and a standalone HTML page with the {TREND_DAYS}-day trend, announced once on th
 `file://$AIRFLOW_HOME/reports`. Any ObjectStoragePath URL: `file:///srv/reports`, or S3-compatible
 `s3://bucket/prefix` with the connection in Variable `{REPORTS_CONN_VARIABLE}` / env `{REPORTS_CONN_ENV}`
 (an `aws` connection; `endpoint_url` in its extra for MinIO and the like) or written as
-`s3://conn_id@bucket/prefix` — this needs `apache-airflow-providers-amazon` with `s3fs`, which the
-lock does not include yet. `make run` writes to `.local/airflow/reports`; compose to the
+`s3://conn_id@bucket/prefix` (the amazon provider and `s3fs`, both installed; files stored with their
+content type, so the HTML opens in a browser; docs/operations.md "Report files on S3"). `make run`
+writes to `.local/airflow/reports`; compose to the
 `airflow-reports` volume at `/opt/airflow/reports`. File names depend on the day only: a rerun
 overwrites them.
 

@@ -14,6 +14,8 @@ Used by dags/sales/sales_daily_report.py; every function here runs without an Ai
   rendered with a fixed hash salt and no timestamp, so the same numbers give the same bytes.
 - Where the files go is an ObjectStoragePath (`reports_base`): the Variable `reports_base_path`, else
   env REPORTS_BASE_PATH, else file://$AIRFLOW_HOME/reports; read by the task, never at parse time.
+  s3:// (AWS or S3-compatible, through the amazon provider and s3fs) authenticates with the connection
+  `reports_conn_id` / REPORTS_CONN_ID; files there carry their content type (CONTENT_TYPES).
 - The delivery is a side effect keyed by the day (`delivery_key`) through batchkit.ledger.perform_once:
   at most once across retries, clears and reruns, again only with `force=True`. It goes to the reports
   target (batchkit.alert_channels.send_report: connection `reports_webhook`, plus `reports_slack` when
@@ -55,6 +57,10 @@ REPORTS_CONN_ENV = "REPORTS_CONN_ID"
 REPORTS_PUBLIC_URL_VARIABLE = "reports_public_url"
 REPORTS_PUBLIC_URL_ENV = "REPORTS_PUBLIC_URL"
 REPORT_FORMATS = ("csv", "html")
+# Stored with each file on S3 (and S3-compatible stores), which serve it back as the file's type: without
+# it S3 says binary/octet-stream and a browser opening the link downloads the HTML instead of showing it.
+CONTENT_TYPES = {"csv": "text/csv; charset=utf-8", "html": "text/html; charset=utf-8"}
+_S3_PROTOCOLS = frozenset({"s3", "s3a", "s3n"})
 # Days in the HTML's trend chart and table, ending with the report day.
 TREND_DAYS = 14
 REPORT_DAY_PARAM = "report_day"
@@ -617,8 +623,14 @@ def write_report_files(
     contents = render_report(sales, trend)
     written = {}
     for file_format, path in report_files(base, sales.day).items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(contents[file_format], encoding="utf-8")
+        if path.protocol in _S3_PROTOCOLS:
+            # No folders on S3, and s3fs's mkdir would create a missing bucket (a mistyped name too): the
+            # upload fails on it instead. One PutObject per file, with its ContentType, replaced whole.
+            with path.open("w", encoding="utf-8", ContentType=CONTENT_TYPES[file_format]) as out:
+                out.write(contents[file_format])
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(contents[file_format], encoding="utf-8")
         written[file_format] = file_url(path)
     return written
 

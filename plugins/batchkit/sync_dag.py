@@ -82,24 +82,43 @@ def build_sync_dag(spec: SyncSpec) -> DAG:
             f"{interval_column} >= '{{{{ {MERGED_INTERVAL}['interval_start'] }}}}'::timestamptz "
             f"AND {interval_column} < '{{{{ {MERGED_INTERVAL}['interval_end'] }}}}'::timestamptz"
         )
+        # A failing check is bad data: a retry would check the same rows again, so fail at once
+        # (common-sql's AirflowFailException). A check that cannot run (connection, SQL) is retried.
+        checks_fail_for_good = {"retry_on_failure": False}
         check_keys = SQLColumnCheckOperator(
             task_id="check_keys",
             conn_id=spec.target.conn_id,
             **on_warehouse,
+            **checks_fail_for_good,
             table=target.table,
             column_mapping={column: {"null_check": {"equal_to": 0}} for column in target.key},
             partition_clause=in_interval,
         )
+        column_checks = spec.quality.column_mapping()
+        check_columns = (
+            SQLColumnCheckOperator(
+                task_id="check_columns",
+                conn_id=spec.target.conn_id,
+                **on_warehouse,
+                table=target.table,
+                column_mapping=column_checks,
+                partition_clause=in_interval,
+            )
+            if column_checks
+            else None
+        )
+        interval_checks = {
+            name: {"check_statement": statement, "partition_clause": in_interval}
+            for name, statement in spec.quality.table_checks().items()
+        }
         check_rows_and_freshness = SQLTableCheckOperator(
             task_id="check_rows_and_freshness",
             conn_id=spec.target.conn_id,
             **on_warehouse,
+            **checks_fail_for_good,
             table=target.table,
             checks={
-                "interval_row_count": {
-                    "check_statement": f"COUNT(*) >= {spec.quality.min_rows}",
-                    "partition_clause": in_interval,
-                },
+                **interval_checks,
                 "freshness": {
                     "check_statement": (
                         f"MAX({interval_column}) >= '{{{{ {MERGED_INTERVAL}['interval_end'] }}}}'::timestamptz"
@@ -110,7 +129,8 @@ def build_sync_dag(spec: SyncSpec) -> DAG:
             outlets=[table_asset(target.table, conn_id=spec.target.conn_id)],
             counts_from="merge",
         )
-        extract_stage >> verify_quarantine >> merge >> check_keys >> check_rows_and_freshness
+        checks = [check_keys, check_columns] if check_columns else [check_keys]
+        extract_stage >> verify_quarantine >> merge >> checks >> check_rows_and_freshness
     return dag
 
 
@@ -120,6 +140,20 @@ def tier_channels(tags: list[str]) -> str:
 
     tier = next((tag for tag in tags if tag in TIER_CHANNELS), None)
     return f"{tier} -> {' + '.join(TIER_CHANNELS[tier])}" if tier else "no tier tag"
+
+
+def quality_summary(spec: SyncSpec) -> str:
+    """The declared checks in one line, by task: what a failing check's name in an alert refers to."""
+    columns = [
+        f"{column}: {', '.join(sorted([*checks.column_mapping(), *(['accepted_values'] if checks.accepted_values else [])]))}"
+        for column, checks in spec.quality.columns.items()
+    ]
+    table = [*spec.quality.table_checks(), "freshness"]
+    parts = [f"`check_keys`: {', '.join(spec.target.key)} not null"]
+    if spec.quality.column_mapping():
+        parts.append(f"`check_columns`: {'; '.join(columns)}")
+    parts.append(f"`check_rows_and_freshness`: {', '.join(table)}")
+    return "; ".join(parts)
 
 
 def sync_doc_md(spec: SyncSpec) -> str:
@@ -141,8 +175,10 @@ Declared in `include/automations/{spec.dag_id}.yaml`; contract `include/contract
 
 Tasks: `extract_stage` (pages -> validate -> staging + quarantine, checkpointed per page) ->
 `verify_quarantine` (received = loaded + quarantined, ratio) -> `merge` (one transaction) ->
-`check_keys`, `check_rows_and_freshness` (at least {spec.quality.min_rows} rows in the interval; newest
+`check_keys`{", `check_columns`" if spec.quality.columns else ""}, `check_rows_and_freshness` (at least {spec.quality.min_rows} rows in the interval; newest
 `{target.interval_column}` within {spec.quality.max_staleness_hours} h of the interval end) -> the Asset.
+Data-quality checks of the interval's rows (`quality:` in the YAML; results in `batch_meta.quality_results`):
+{quality_summary(spec)}.
 A manual run without a logical date loads the last complete interval before it was triggered.
 `dry_run=true` validates every page and writes nothing.
 

@@ -159,9 +159,87 @@ class TargetSection(_Strict):
         return value
 
 
+class ColumnChecks(_Strict):
+    """Checks of one target column over the interval's rows (`quality.columns.<column>` in the YAML)."""
+
+    not_null: bool = False
+    unique: bool = False
+    min: float | None = None
+    max: float | None = None
+    accepted_values: list[str | int] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _bounds_in_order(self) -> ColumnChecks:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        return self
+
+    def column_mapping(self) -> dict[str, dict[str, float]]:
+        """common-sql's SQLColumnCheckOperator form (accepted_values is a table check: see QualitySpec)."""
+        mapping: dict[str, dict[str, float]] = {}
+        if self.not_null:
+            mapping["null_check"] = {"equal_to": 0}
+        if self.unique:
+            mapping["unique_check"] = {"equal_to": 0}
+        if self.min is not None:
+            mapping["min"] = {"geq_to": self.min}
+        if self.max is not None:
+            mapping["max"] = {"leq_to": self.max}
+        return mapping
+
+
+class TableCheck(_Strict):
+    """A custom check: `sql` is a boolean SQL expression over the interval's rows, such as
+    `SUM(amount) >= 0` or `COUNT(DISTINCT customer_id) <= COUNT(*)`; the check passes when it is true."""
+
+    name: Identifier
+    sql: str = Field(min_length=1)
+
+
 class QualitySpec(_Strict):
+    """Data-quality checks run after every merge, on the interval's rows (common-sql check operators;
+    each result is recorded in batch_meta.quality_results and a failure names the column and check)."""
+
     min_rows: int = Field(default=0, ge=0)
+    max_rows: int | None = Field(default=None, ge=1)
     max_staleness_hours: float = Field(default=48, gt=0)
+    columns: dict[Identifier, ColumnChecks] = Field(default_factory=dict)
+    checks: list[TableCheck] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> QualitySpec:
+        if self.max_rows is not None and self.max_rows < self.min_rows:
+            raise ValueError(f"max_rows {self.max_rows} is below min_rows {self.min_rows}")
+        names = [check.name for check in self.checks]
+        if duplicated := sorted({name for name in names if names.count(name) > 1}):
+            raise ValueError(f"checks: duplicate name(s) {duplicated}")
+        return self
+
+    def column_mapping(self) -> dict[str, dict[str, dict[str, float]]]:
+        """The declared column checks in SQLColumnCheckOperator's form (columns with none left out)."""
+        return {
+            column: mapping for column, checks in self.columns.items() if (mapping := checks.column_mapping())
+        }
+
+    def table_checks(self) -> dict[str, str]:
+        """Check name -> boolean SQL over the interval's rows: row bounds, accepted values, custom checks."""
+        statements = {"interval_row_count": f"COUNT(*) >= {self.min_rows}"}
+        if self.max_rows is not None:
+            statements["interval_row_count_max"] = f"COUNT(*) <= {self.max_rows}"
+        for column, checks in self.columns.items():
+            if checks.accepted_values:
+                values = ", ".join(_sql_literal(value) for value in checks.accepted_values)
+                statements[f"{column}_accepted_values"] = (
+                    f"COUNT(*) FILTER (WHERE {column} NOT IN ({values})) = 0"
+                )
+        statements.update({check.name: check.sql for check in self.checks})
+        return statements
+
+
+def _sql_literal(value: str | int) -> str:
+    if isinstance(value, int):
+        return str(value)
+    return "'" + value.replace("'", "''") + "'"
 
 
 class AlertSpec(_Strict):
@@ -290,6 +368,10 @@ def load_spec(path: Path) -> SyncSpec:
         ) from exc
     except (AttributeError, ValueError) as exc:
         raise SyncSpecError(f"{path}: source.contract / target: {exc}") from exc
+    if unknown := sorted(set(spec.quality.columns) - set(declared.columns)):
+        raise SyncSpecError(
+            f"{path}: quality.columns: {unknown} not among the columns of {declared.table}: {list(declared.columns)}"
+        )
     # The file states the table and key for its readers; the contract's DDL is what really holds them.
     for field, stated, actual in (
         ("target.table", spec.target.table, declared.table),

@@ -1,5 +1,5 @@
 """sales_daily_report end to end: dag.test() against the real metadata DB and warehouse, report files on
-local disk, deliveries POSTed to the demo upstream's /reports inbox (tests/automations/conftest.py points
+local disk (and, in one test, in a bucket of a real S3 API server on loopback: moto's), deliveries POSTed to the demo upstream's /reports inbox (tests/automations/conftest.py points
 the `reports_webhook` connection at it, `alerts_webhook` at its /alerts inbox, and empties the sync
 tables before each test). Reports must never reach the alerts inbox.
 
@@ -28,12 +28,14 @@ import psycopg
 import pytest
 
 from batchkit.report import (
+    CONTENT_TYPES,
     REPORT_NAME,
     TREND_DAYS,
     Change,
     CountrySales,
     DailySales,
     DayTotals,
+    configured_reports_base,
     days_completed_by,
     deliver_report,
     delivery_key,
@@ -42,6 +44,7 @@ from batchkit.report import (
     render_html,
     report_day_of,
     report_days,
+    report_folder,
     report_link,
     reports_base,
     summary_line,
@@ -192,7 +195,11 @@ def files_of(reports_dir: Path, day: date) -> dict[str, Path]:
 
 
 def csv_report(path: Path, day: date) -> dict[str, tuple[int, Decimal, int]]:
-    rows = list(csv.DictReader(io.StringIO(path.read_text())))
+    return csv_text_report(path.read_text(), day)
+
+
+def csv_text_report(text: str, day: date) -> dict[str, tuple[int, Decimal, int]]:
+    rows = list(csv.DictReader(io.StringIO(text)))
     assert all(row["report_day"] == day.isoformat() for row in rows), rows
     return {
         row["country"]: (int(row["orders"]), Decimal(row["revenue"]), int(row["customers"])) for row in rows
@@ -553,3 +560,166 @@ def test_a_failed_delivery_is_retried_and_sent_exactly_once(
     done, attempts, last_error = ledger_row(warehouse, DAY)
     assert (done, attempts) == ("done", 1)
     assert "ConnectionError" in last_error
+
+
+# -- the files on S3 (a real S3 API server on loopback) -----------------------------------------------
+
+S3_BUCKET = "sales-reports"
+S3_PREFIX = "daily"
+S3_KEY_ID = "reports-test-key"  # pragma: allowlist secret
+S3_SECRET = "reports-test-secret"  # pragma: allowlist secret
+
+
+@dataclass(frozen=True)
+class S3Store:
+    endpoint: str
+    conn_id: str
+    client: Any  # boto3 S3 client on the server, with the connection's keys
+
+    def key(self, day: date, fmt: str) -> str:
+        return f"{S3_PREFIX}/{REPORT_NAME}/{REPORT_NAME}_{day.isoformat()}.{fmt}"
+
+    def url(self, day: date, fmt: str) -> str:
+        return f"s3://{S3_BUCKET}/{self.key(day, fmt)}"
+
+    def keys(self) -> list[str]:
+        listed = self.client.list_objects_v2(Bucket=S3_BUCKET, Prefix=f"{S3_PREFIX}/")
+        return sorted(item["Key"] for item in listed.get("Contents", ()))
+
+    def get(self, day: date, fmt: str) -> tuple[bytes, str]:
+        """The object's bytes and the Content-Type it is served with."""
+        stored = self.client.get_object(Bucket=S3_BUCKET, Key=self.key(day, fmt))
+        return stored["Body"].read(), stored["ContentType"]
+
+    def put(self, day: date, fmt: str, body: bytes) -> None:
+        self.client.put_object(Bucket=S3_BUCKET, Key=self.key(day, fmt), Body=body)
+
+
+@pytest.fixture
+def s3_reports(monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Store]:
+    """moto's S3 server on a free loopback port with an empty bucket; the report's base path set as compose
+    sets it (env REPORTS_BASE_PATH=s3://bucket/prefix, REPORTS_CONN_ID) and its `aws` connection, with
+    endpoint_url, as AIRFLOW_CONN_<ID> JSON. The connection id is new per server: ObjectStoragePath keeps
+    one filesystem per connection id for the life of the process (dag.test() runs tasks in this one)."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        conn_id = f"reports_s3_{port}"
+        monkeypatch.setenv(
+            f"AIRFLOW_CONN_{conn_id.upper()}",
+            json.dumps(
+                {
+                    "conn_type": "aws",
+                    "login": S3_KEY_ID,
+                    "password": S3_SECRET,
+                    "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"},
+                }
+            ),
+        )
+        monkeypatch.delenv("AIRFLOW_VAR_REPORTS_BASE_PATH", raising=False)
+        monkeypatch.delenv("AIRFLOW_VAR_REPORTS_CONN_ID", raising=False)
+        monkeypatch.delenv("AIRFLOW_VAR_REPORTS_PUBLIC_URL", raising=False)
+        monkeypatch.delenv("REPORTS_PUBLIC_URL", raising=False)
+        monkeypatch.setenv("REPORTS_BASE_PATH", f"s3://{S3_BUCKET}/{S3_PREFIX}")
+        monkeypatch.setenv("REPORTS_CONN_ID", conn_id)
+        client = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=S3_KEY_ID,
+            aws_secret_access_key=S3_SECRET,
+        )
+        client.create_bucket(Bucket=S3_BUCKET)
+        yield S3Store(endpoint=endpoint, conn_id=conn_id, client=client)
+    finally:
+        server.stop()
+
+
+def test_a_missing_bucket_fails_the_write_and_is_not_created(s3_reports: S3Store) -> None:
+    base = reports_base("s3://no-such-bucket/daily", conn_id=s3_reports.conn_id)
+
+    with pytest.raises(FileNotFoundError, match="bucket does not exist"):
+        write_report_files(base, SAMPLE, sample_trend())
+
+    assert [bucket["Name"] for bucket in s3_reports.client.list_buckets()["Buckets"]] == [S3_BUCKET]
+
+
+def test_platform_cleanup_purges_old_report_files_from_the_bucket_through_the_reports_connection(
+    s3_reports: S3Store,
+) -> None:
+    from batchkit.retention import purge_report_files
+
+    old, kept = DAY - timedelta(days=40), DAY
+    for day in (old, kept):
+        for fmt in ("html", "csv"):
+            s3_reports.put(day, fmt, b"x")
+    # What platform_cleanup's purge_report_files task resolves: the base and its connection, as configured.
+    folder = report_folder(configured_reports_base())
+
+    assert purge_report_files(folder, older_than=DAY - timedelta(days=30), dry_run=True) == 2
+    assert len(s3_reports.keys()) == 4
+    assert purge_report_files(folder, older_than=DAY - timedelta(days=30), dry_run=False) == 2
+    assert s3_reports.keys() == sorted(s3_reports.key(kept, fmt) for fmt in ("html", "csv"))
+
+
+@pytest.mark.slow
+def test_the_report_lands_in_an_s3_bucket_and_a_rerun_overwrites_it_without_sending_again(
+    report_dag: Any,
+    warehouse: psycopg.Connection,
+    upstream: Upstream,
+    s3_reports: S3Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    orders = orders_around(DAY)
+    insert_orders(warehouse, orders)
+    expected = expected_report(orders, DAY)
+    # The upstream's inbox lives as long as the module: earlier tests' deliveries of DAY are in it.
+    sent_before = len(deliveries(upstream, DAY))
+
+    first = run_report(report_dag, None, report_day=DAY.isoformat())
+
+    assert_succeeded(first)
+    assert report_rows(warehouse, DAY) == expected
+    # Two objects under the prefix, each served as its type (a browser shows the HTML, not a download).
+    assert s3_reports.keys() == sorted(s3_reports.key(DAY, fmt) for fmt in ("csv", "html"))
+    csv_bytes, csv_type = s3_reports.get(DAY, "csv")
+    html_bytes, html_type = s3_reports.get(DAY, "html")
+    assert (csv_type, html_type) == (CONTENT_TYPES["csv"], CONTENT_TYPES["html"])
+    assert csv_text_report(csv_bytes.decode(), DAY) == expected
+    page = html_bytes.decode()
+    assert_standalone(page)
+    for country, (count, revenue, customers) in expected.items():
+        assert html_row(country, count, revenue, customers).search(page), (country, page)
+    # The message names the objects by their s3:// URLs (no connection id in them) and links to the HTML.
+    [delivery] = deliveries(upstream, DAY)[sent_before:]
+    assert delivered_report(delivery) == expected
+    assert delivery["files"] == {fmt: s3_reports.url(DAY, fmt) for fmt in ("csv", "html")}
+    assert delivery["link"] == s3_reports.url(DAY, "html")
+    assert ledger_row(warehouse, DAY) == ("done", 1, None)
+
+    # A rerun over the same data overwrites the objects in place (a clobbered one comes back as it was),
+    # adds none, and sends nothing.
+    s3_reports.put(DAY, "html", b"stale")
+    rerun = run_report(report_dag, None, report_day=DAY.isoformat())
+    assert_succeeded(rerun)
+    assert s3_reports.keys() == sorted(s3_reports.key(DAY, fmt) for fmt in ("csv", "html"))
+    assert s3_reports.get(DAY, "html") == (html_bytes, html_type)
+    assert s3_reports.get(DAY, "csv") == (csv_bytes, csv_type)
+    assert deliveries(upstream, DAY)[sent_before:] == [delivery]
+    assert ledger_row(warehouse, DAY) == ("done", 1, None)
+
+    # With a public URL for the bucket (an S3 website, a proxy: here the server's path-style URL), a forced
+    # resend links there instead.
+    public = f"{s3_reports.endpoint}/{S3_BUCKET}/{S3_PREFIX}"
+    monkeypatch.setenv("REPORTS_PUBLIC_URL", public)
+    forced = run_report(report_dag, None, report_day=DAY.isoformat(), force_resend=True)
+    assert_succeeded(forced)
+    _, resent = deliveries(upstream, DAY)[sent_before:]
+    assert resent["link"] == f"{public}/{REPORT_NAME}/{REPORT_NAME}_{DAY.isoformat()}.html"
+    assert resent["files"] == delivery["files"]
+    assert ledger_row(warehouse, DAY) == ("done", 2, None)

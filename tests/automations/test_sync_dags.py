@@ -33,6 +33,13 @@ SYNC_DAG_FILES = {
     "crm_customers_sync": REPO_ROOT / "dags" / "crm" / "crm_customers_sync.py",
 }
 SYNC_TASKS = ("extract_stage", "verify_quarantine", "merge", "check_keys", "check_rows_and_freshness")
+
+
+def sync_tasks(sync: Sync) -> tuple[str, ...]:
+    """SYNC_TASKS plus the checks the sync's YAML declares (`check_columns`)."""
+    return SYNC_TASKS + tuple(sorted(set(sync.dag.task_ids) - set(SYNC_TASKS)))
+
+
 # The operators' checkpoint key (batchkit.sync_dag.SYNC_KEY): one checkpoint row per interval.
 CHECKPOINT_TASK_ID = "sync"
 SOURCE_TIMESTAMPS = frozenset({"order_ts", "updated_at"})
@@ -281,7 +288,7 @@ def test_a_sync_dag_loads_one_interval_end_to_end(
     run = run_dag(sync.dag, logical_date)
 
     assert run.state == "success"
-    assert task_states(dag_id, run.run_id) == dict.fromkeys(SYNC_TASKS, "success")
+    assert task_states(dag_id, run.run_id) == dict.fromkeys(sync_tasks(sync), "success")
     start, end = run.data_interval_start, run.data_interval_end
     assert (start, end) == (logical_date - timedelta(days=1), logical_date)
     expected = assert_loaded_exactly(warehouse, sync, start, end, volumes)
@@ -314,7 +321,7 @@ def test_checks_record_their_results_and_the_asset_event_carries_the_sync_counts
     run = run_dag(dag, logical_date)
 
     assert run.state == "success"
-    assert task_states(sync.spec.dag_id, run.run_id) == dict.fromkeys(SYNC_TASKS, "success")
+    assert task_states(sync.spec.dag_id, run.run_id) == dict.fromkeys(sync_tasks(sync), "success")
     loaded = len(target_rows(warehouse, sync))
     assert loaded == received - len(bad)
     assert asset_event_extras(sync, run.run_id) == [
@@ -332,17 +339,60 @@ def test_checks_record_their_results_and_the_asset_event_carries_the_sync_counts
                 "updated": 0,
                 "deleted": 0,
                 "reconciled": True,
-                "checks_passed": 2,
+                "checks_passed": len(declared_table_checks(sync)),
                 "checks_failed": 0,
             },
         )
     ]
-    assert quality_rows(warehouse, run.run_id) == [
-        ("check_keys", f"{key}.null_check", key, True, start, end, "0") for key in sync.key
-    ] + [
-        ("check_rows_and_freshness", "freshness", None, True, start, end, "1"),
-        ("check_rows_and_freshness", "interval_row_count", None, True, start, end, "1"),
+    rows = quality_rows(warehouse, run.run_id)
+    assert {(task, check, column, passed) for task, check, column, passed, *_ in rows} == {
+        *(("check_keys", f"{key}.null_check", key, True) for key in sync.key),
+        *declared_column_checks(sync, passed=True),
+        *(("check_rows_and_freshness", name, None, True) for name in declared_table_checks(sync)),
+    }
+    assert {(row[4], row[5]) for row in rows} == {(start, end)}
+    observed = {check: value for _, check, _, _, _, _, value in rows}
+    assert observed["interval_row_count"] == observed["freshness"] == "1"
+    assert all(observed[f"{key}.null_check"] == "0" for key in sync.key)
+
+
+def declared_table_checks(sync: Sync) -> list[str]:
+    return [*sync.spec.quality.table_checks(), "freshness"]
+
+
+def declared_column_checks(sync: Sync, *, passed: bool) -> set[tuple[str, str, str, bool]]:
+    return {
+        ("check_columns", f"{column}.{check}", column, passed)
+        for column, mapping in sync.spec.quality.column_mapping().items()
+        for check in mapping
+    }
+
+
+def test_a_record_outside_the_accepted_values_fails_the_check_that_names_its_column(
+    syncs: dict[str, Sync],
+    upstream: Upstream,
+    warehouse: psycopg.Connection,
+) -> None:
+    sync = syncs["sales_orders_sync"]
+    assert "status" in sync.spec.quality.columns, (
+        "the fixture relies on the sync's accepted_values for status"
+    )
+    logical_date = at_cron_tick(sync, (2026, 3, 14))
+    upstream.set_faults(
+        {"kind": "bad_records", "path": sync.endpoint, "defect": "unknown_status", "record_indices": [3]}
+    )
+
+    run = run_dag(sync.dag, logical_date)
+
+    assert run.state == "failed"
+    states = task_states(sync.spec.dag_id, run.run_id)
+    # The record is well-formed, so it is loaded; the check after the merge is what catches it.
+    assert states["merge"] == "success"
+    assert states["check_rows_and_freshness"] == "failed"
+    failed = [
+        (task, check) for task, check, _, passed, *_ in quality_rows(warehouse, run.run_id) if not passed
     ]
+    assert failed == [("check_rows_and_freshness", "status_accepted_values")]
 
 
 def test_loading_the_same_interval_twice_leaves_the_table_identical(
@@ -411,7 +461,7 @@ def test_transient_upstream_faults_are_retried_inside_the_task(
     run = run_dag(sync.dag, logical_date)
 
     assert run.state == "success"
-    assert try_numbers(sync.spec.dag_id, run.run_id) == dict.fromkeys(SYNC_TASKS, 1), (
+    assert try_numbers(sync.spec.dag_id, run.run_id) == dict.fromkeys(sync_tasks(sync), 1), (
         "the faults are within the in-task retry budget: no Airflow-level retry"
     )
     assert upstream.page_requests(sync.endpoint) == {
@@ -502,7 +552,7 @@ def test_a_dry_run_validates_everything_and_writes_nothing(
     assert warehouse_snapshot(warehouse) == before
     assert task_states(sync.spec.dag_id, run.run_id) == {
         "extract_stage": "success",
-        **dict.fromkeys(SYNC_TASKS[1:], "skipped"),
+        **dict.fromkeys(sync_tasks(sync)[1:], "skipped"),
     }
     total = select(sync.resource, dry_day - timedelta(days=1), dry_day, volumes).total
     assert upstream.requests_to(sync.endpoint) - requests_before == page_count(sync, total)
@@ -598,8 +648,7 @@ def test_a_failed_merge_then_a_rerun_loads_the_interval_exactly_once(
         "extract_stage": "success",
         "verify_quarantine": "success",
         "merge": "failed",
-        "check_keys": "upstream_failed",
-        "check_rows_and_freshness": "upstream_failed",
+        **dict.fromkeys(sync_tasks(sync)[3:], "upstream_failed"),
     }
     assert try_numbers(sync.spec.dag_id, failed.run_id)["merge"] == sync.spec.retries + 1
     assert table_checksum(warehouse, sync.table) == (0, None), "a failed merge must leave nothing behind"
@@ -612,7 +661,7 @@ def test_a_failed_merge_then_a_rerun_loads_the_interval_exactly_once(
     rerun = run_dag(sync.dag, logical_date)
 
     assert rerun.state == "success"
-    assert task_states(sync.spec.dag_id, rerun.run_id) == dict.fromkeys(SYNC_TASKS, "success")
+    assert task_states(sync.spec.dag_id, rerun.run_id) == dict.fromkeys(sync_tasks(sync), "success")
     expected = assert_loaded_exactly(warehouse, sync, start, end, volumes)
     duplicates = warehouse.execute("SELECT count(*) - count(DISTINCT order_id) FROM sales.orders").fetchone()[
         0
@@ -644,7 +693,7 @@ def test_a_manual_run_without_logical_date_loads_the_last_complete_interval(
 
     assert run.state == "success"
     assert (run.logical_date, run.data_interval_start, run.data_interval_end) == (None, None, None)
-    assert task_states(sync.spec.dag_id, run.run_id) == dict.fromkeys(SYNC_TASKS, "success")
+    assert task_states(sync.spec.dag_id, run.run_id) == dict.fromkeys(sync_tasks(sync), "success")
     assert_loaded_exactly(warehouse, sync, start, end, volumes)
     assert checkpoint(warehouse, sync, start, end)["state"] == "complete"
     merged = task_result(sync.spec.dag_id, run.run_id, "merge")

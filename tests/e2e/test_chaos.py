@@ -46,21 +46,30 @@ from batchkit.sql_files import apply_sql_file
 from tests.e2e.chaos_support import (
     CrashablePostgres,
     TableFacts,
-    checkpoint,
+    diff_counts,
     format_table,
-    load_expected,
+    interval_exact,
+    interval_of,
     merge_statements,
-    missing_and_extra,
+    parse_time,
+    poll_until,
     progress,
+    retry_timing,
+    settle_scheduled_run,
     sigkill,
     sigkill_group,
-    table_facts,
+    task_instance,
     task_process,
+    task_state,
+    task_states,
     task_supervisor,
+    wait_for_run,
+    wait_for_try,
+    wait_for_try_end,
     write_json,
 )
 from tests.upstream import Upstream, running_upstream
-from tools.airflow_api import AirflowApi, AirflowApiError, wait_for
+from tools.airflow_api import AirflowApi, wait_for
 from tools.airflow_env import ADMIN_USER
 from tools.demo_upstream import DEFAULT_PER_DAY, Volumes
 from tools.metadb import DatabaseRole, provision_database
@@ -216,17 +225,6 @@ def pace(upstream: Upstream) -> None:
     upstream.set_faults({"kind": "slow", "delay": PAGE_DELAY, "path": "/v1/cursor/orders", "times": None})
 
 
-def settle_scheduled_run(api: AirflowApi, dag_id: str) -> None:
-    """Unpausing creates a run for the latest interval (catchup is off): mark it done before it loads
-    CHAOS_RECORDS orders nobody checks, so the scenarios get the machine to themselves."""
-    runs = wait_for(
-        lambda: api.dag_runs(dag_id, run_type="scheduled"), timeout=60, what=f"{dag_id}'s scheduled run"
-    )
-    for run in runs:
-        if run["state"] not in ("success", "failed"):
-            api.request("PATCH", f"/dags/{dag_id}/dagRuns/{run['dag_run_id']}", json={"state": "success"})
-
-
 # --- 4. deadline (first: its task sleeps 20 s while the next scenario runs) -------------------------------
 
 
@@ -316,7 +314,7 @@ def test_killed_task_processes_resume_from_the_checkpoint(chaos: Chaos) -> None:
             )
             last_try = ti["try_number"]
 
-    finished = wait_for_run(api, SYNC, run_id)
+    finished = wait_for_run(api, SYNC, run_id, RUN_TIMEOUT)
     for kill in kills:
         task_id = "extract_stage" if kill["phase"] == "extract" else "merge"
         timing = retry_timing(api, SYNC, run_id, task_id, kill["try"], kill["killed_at"])
@@ -395,7 +393,7 @@ def test_postgres_crash_restarts_mid_extract_and_between_stage_and_merge(chaos: 
     crash["recovered_s"] = seconds_until_healthy(stack, crash["stopped_at"])
     crashes.append(crash)
 
-    finished = wait_for_run(api, SYNC, run_id)
+    finished = wait_for_run(api, SYNC, run_id, RUN_TIMEOUT)
     print(
         format_table(
             [(c["point"], c["down_s"], c["recovered_s"]) for c in crashes],
@@ -574,7 +572,7 @@ def test_outage_past_the_retries_alerts_once_and_a_clear_loads_the_interval(chao
     run_id = run["dag_run_id"]
     start, end = interval_of(run)
 
-    failed = wait_for_run(api, OUTAGE, run_id)
+    failed = wait_for_run(api, OUTAGE, run_id, RUN_TIMEOUT)
     failed_after = time.monotonic() - outage_started
     assert failed["state"] == "failed", task_states(api, OUTAGE, run_id)
     states = {ti["task_id"]: (ti["state"], ti["try_number"]) for ti in api.task_instances(OUTAGE, run_id)}
@@ -598,7 +596,7 @@ def test_outage_past_the_retries_alerts_once_and_a_clear_loads_the_interval(chao
             "task_ids": ["extract_stage"],
         },
     )
-    rerun = wait_for_run(api, OUTAGE, run_id)
+    rerun = wait_for_run(api, OUTAGE, run_id, RUN_TIMEOUT)
 
     assert rerun["state"] == "success", task_states(api, OUTAGE, run_id)
     facts = assert_interval_exact(chaos, OUTAGE, start, end)
@@ -640,100 +638,7 @@ def test_afterwards_every_component_is_up_and_nothing_is_duplicated(chaos: Chaos
 def assert_interval_exact(chaos: Chaos, dag_id: str, start: datetime, end: datetime) -> TableFacts:
     """The interval equals what the upstream serves, no duplicates, and the checkpoint reconciles."""
     with chaos.warehouse() as conn:
-        expected = load_expected(conn, start, end, VOLUMES)
-        actual = table_facts(conn, "sales.orders", start, end)
-        if actual != expected:
-            missing, extra = missing_and_extra(conn, start, end)
-            pytest.fail(
-                f"{dag_id} [{start}, {end}): expected {expected}, got {actual}; "
-                f"{missing} expected rows absent or different, {extra} unexpected rows"
-            )
-        point = checkpoint(conn, dag_id, start, end)
-    assert actual.duplicates == 0
-    assert point is not None, f"no checkpoint for {dag_id} [{start}, {end})"
-    assert point["state"] == "complete", point
-    assert point["rows_received"] == point["rows_staged"] + point["rows_quarantined"], point
-    assert (point["rows_received"], point["rows_quarantined"]) == (expected.rows, 0), point
-    return actual
-
-
-def poll_until(predicate: Any, *, timeout: float, interval: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}; last value {value!r}")
-        time.sleep(interval)
-
-
-def api_get(api: AirflowApi, path: str) -> Any:
-    """GET that rides out the api-server answering 5xx while Postgres restarts."""
-    for attempt in range(30):
-        try:
-            return api.get(path)
-        except AirflowApiError:
-            if attempt == 29:
-                raise
-            time.sleep(1)
-    return None
-
-
-def task_instance(api: AirflowApi, dag_id: str, run_id: str, task_id: str) -> dict:
-    return api_get(api, f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}")
-
-
-def task_state(api: AirflowApi, dag_id: str, run_id: str, task_id: str) -> str | None:
-    return task_instance(api, dag_id, run_id, task_id)["state"]
-
-
-def wait_for_try(
-    api: AirflowApi, dag_id: str, run_id: str, task_id: str, *, after: int, timeout: float
-) -> dict:
-    """The task instance once a try later than `after` is running."""
-
-    def running() -> dict | None:
-        ti = task_instance(api, dag_id, run_id, task_id)
-        return ti if ti["state"] == "running" and ti["try_number"] > after else None
-
-    return poll_until(running, timeout=timeout, interval=0.05, what=f"{task_id} try > {after} running")
-
-
-def wait_for_try_end(
-    api: AirflowApi, dag_id: str, run_id: str, task_id: str, try_number: int, *, timeout: float
-) -> float:
-    """Wall-clock time at which try `try_number` was marked ended (failed / up_for_retry)."""
-
-    def ended() -> float | None:
-        ti = task_instance(api, dag_id, run_id, task_id)
-        if ti["try_number"] > try_number or ti["state"] in ("up_for_retry", "failed", "success"):
-            end = try_detail(api, dag_id, run_id, task_id, try_number).get("end_date")
-            return parse_time(end).timestamp() if end else None
-        return None
-
-    return poll_until(ended, timeout=timeout, interval=0.5, what=f"{task_id} try {try_number} to end")
-
-
-def try_detail(api: AirflowApi, dag_id: str, run_id: str, task_id: str, try_number: int) -> dict:
-    return api_get(api, f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/tries/{try_number}")
-
-
-def retry_timing(
-    api: AirflowApi, dag_id: str, run_id: str, task_id: str, try_number: int, killed_at: float
-) -> dict[str, Any]:
-    """Seconds from the kill to the killed try's end_date, and to the next try's start_date."""
-    killed = try_detail(api, dag_id, run_id, task_id, try_number)
-    try:
-        following = try_detail(api, dag_id, run_id, task_id, try_number + 1)
-    except AirflowApiError:
-        following = {}
-    ended, started = killed.get("end_date"), following.get("start_date")
-    return {
-        "killed_try_state": killed.get("state"),
-        "detected_s": round(parse_time(ended).timestamp() - killed_at, 1) if ended else None,
-        "retry_started_s": round(parse_time(started).timestamp() - killed_at, 1) if started else None,
-    }
+        return interval_exact(conn, dag_id, start, end, VOLUMES)
 
 
 def running_extracts(api: AirflowApi, first: datetime, last: datetime) -> list[tuple[dict, dict]]:
@@ -772,14 +677,6 @@ def wait_for_running_extract(
             return None
 
         return poll_until(candidate, timeout=RUN_TIMEOUT, interval=0.3, what="a running backfill extract")
-
-
-def wait_for_run(api: AirflowApi, dag_id: str, run_id: str, timeout: float = RUN_TIMEOUT) -> dict:
-    def finished() -> dict | None:
-        run = api_get(api, f"/dags/{dag_id}/dagRuns/{run_id}")
-        return run if run["state"] in ("success", "failed") else None
-
-    return poll_until(finished, timeout=timeout, interval=2, what=f"{dag_id} run {run_id} to finish")
 
 
 def seconds_until_healthy(
@@ -827,10 +724,6 @@ def fresh_health(stack: AirflowStack, since: float) -> bool:
     return True
 
 
-def task_states(api: AirflowApi, dag_id: str, run_id: str) -> dict[str, tuple[str, int]]:
-    return {ti["task_id"]: (ti["state"], ti["try_number"]) for ti in api.task_instances(dag_id, run_id)}
-
-
 def task_failed_alerts(upstream: Upstream, dag_id: str) -> list[dict]:
     return [a for a in upstream.alerts() if a.get("kind") == "task_failed" and a.get("dag_id") == dag_id]
 
@@ -849,18 +742,6 @@ def task_logs_with(stack: AirflowStack, dag_id: str, run_id: str, text: str) -> 
                 if text in log.read_text(errors="replace"):
                     found.append(f"{log.parent.name.removeprefix('task_id=')}/{log.name}")
     return found
-
-
-def diff_counts(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
-    return {name: after[name] - before.get(name, 0) for name in after if after[name] != before.get(name, 0)}
-
-
-def parse_time(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def interval_of(run: dict) -> tuple[datetime, datetime]:
-    return parse_time(run["data_interval_start"]), parse_time(run["data_interval_end"])
 
 
 def summary_text(report: dict[str, Any]) -> str:
