@@ -13,8 +13,12 @@ Slack, tier:3 to email. A route's explicit `email_to` adds email to any tier. A 
 is missing or empty (no host; for Slack no webhook token; for email no recipients) is skipped with the
 warning `alert_channel_skipped`; when every channel of a route is skipped the alert falls back to the
 pager webhook (`alert_channel_fallback`), so an alert is never dropped because, say, `make run` has no
-Slack. Tier 3 email goes out at once; it is not batched into a digest, but the dedup window (per DAG,
-task and error signature) keeps a repeating failure to one email per window.
+Slack.
+
+Email of a tier in DIGEST_TIERS (tier:3) does not go out at once: batchkit.alerts queues it in
+batch_meta.alert_digest and the DAG platform_alert_digest sends one digest email per recipient list every
+hour (digest_email_message renders it, send_email sends it as plain text + HTML). When the warehouse is
+down such an alert is emailed at once instead (batchkit.alerts, the warehouse-down fallback).
 
 Reports are not alerts: they go to their own connections (`reports_webhook`, and `reports_slack` when
 configured) through send_report, which refuses a target that is also an alert channel.
@@ -46,6 +50,10 @@ TIER_CHANNELS: Mapping[str, tuple[str, ...]] = {
 }
 # A route that names no tier (an AlertRoute built by hand, an old serialized deadline callback).
 UNTIERED_CHANNELS: tuple[str, ...] = (PAGER,)
+# Tiers whose email is queued for the hourly digest (DAG platform_alert_digest) instead of sent at once.
+DIGEST_TIERS: frozenset[str] = frozenset({Tag.TIER_3.value})
+# What batch_meta.alert_log.channels records for an alert queued for the digest.
+DIGEST = "digest"
 
 DEFAULT_WEBHOOK_CONN_ID = "alerts_webhook"
 DEFAULT_SLACK_CONN_ID = "alerts_slack"
@@ -260,6 +268,117 @@ def email_message(payload: Mapping[str, Any]) -> tuple[str, str]:
     runbook = payload.get("runbook") or "see the DAG's docs (## Runbook) in the UI"
     parts.append(f"<p><b>Runbook:</b> {html.escape(str(runbook))}</p>")
     return subject[:250], '<div style="font-family:sans-serif">' + "".join(parts) + "</div>"
+
+
+# -- the tier-3 digest ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DigestItem:
+    """One alert of a digest email: its (scrubbed) payload and how often it repeated since it was queued."""
+
+    payload: Mapping[str, Any]
+    repeats: int = 0
+    queued_at: Any = None
+    last_repeat_at: Any = None
+
+
+def _first_line(text: Any) -> str:
+    lines = str(text).strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def digest_rows(item: DigestItem) -> list[tuple[str, str]]:
+    """(label, value) lines of one digest entry: DAG, task, run, interval, error class + the message's
+    first line (or the deadline), log link, runbook line, repeats."""
+    payload = item.payload
+    rows = [
+        ("DAG", str(payload.get("dag_id"))),
+        ("Task", str(payload.get("task_id") or "(the whole run)")),
+        ("Run", str(payload.get("run_id"))),
+        ("Interval", _interval(payload)),
+    ]
+    if payload.get("kind") == "deadline_missed":
+        rows.append(("Deadline", f"{payload.get('deadline_time')} (queued at {payload.get('queued_at')})"))
+    else:
+        error = payload.get("error")
+        rows.append(("Error", _cut(_first_line(error), 300) if error else "unknown"))
+    label = "Log" if payload.get("kind") == "task_failed" else "Run page"
+    rows.append((label, str(payload.get("url") or "none")))
+    rows.append(("Runbook", str(payload.get("runbook") or "see the DAG's docs (## Runbook) in the UI")))
+    repeats = f"{item.repeats} more within the dedup window" if item.repeats else "none"
+    if item.repeats and item.last_repeat_at is not None:
+        repeats += f" (last at {item.last_repeat_at})"
+    rows.append(("Repeats", repeats))
+    return rows
+
+
+def digest_email_message(items: Sequence[DigestItem]) -> tuple[str, str, str]:
+    """(subject, plain text, html) of one digest email listing every item, oldest first."""
+    if not items:
+        raise ValueError("a digest needs at least one alert")
+    dags = sorted({str(item.payload.get("dag_id")) for item in items})
+    failures = sum(1 + item.repeats for item in items)
+    count = f"{len(items)} alert{'s' if len(items) != 1 else ''}"
+    if failures != len(items):
+        count += f" ({failures} occurrences)"
+    tiers = sorted({str(item.payload["tier"]) for item in items if item.payload.get("tier")})
+    tier = f"[{', '.join(tiers)}] " if tiers else ""
+    subject = _cut(f"[airflow] {tier}Alert digest: {count} from {', '.join(dags)}", 250)
+
+    text_parts = [f"Alert digest: {count}.", ""]
+    html_parts = [f'<h2 style="font-family:sans-serif">Alert digest: {html.escape(count)}</h2>']
+    for number, item in enumerate(items, start=1):
+        heading = title(item.payload)
+        rows = digest_rows(item)
+        width = max(len(label) for label, _ in rows)
+        text_parts.append(f"{number}. {heading}")
+        text_parts += [f"   {label + ':':<{width + 1}} {value}" for label, value in rows]
+        text_parts.append("")
+        cells = "".join(
+            f'<tr><th align="left" style="padding:2px 12px 2px 0">{html.escape(label)}</th><td>'
+            + (
+                f'<a href="{html.escape(value, quote=True)}">{html.escape(value)}</a>'
+                if label in ("Log", "Run page") and "://" in value
+                else f"<code>{html.escape(value)}</code>"
+            )
+            + "</td></tr>"
+            for label, value in rows
+        )
+        html_parts.append(f"<h3>{number}. {html.escape(heading)}</h3><table>{cells}</table>")
+    text_parts.append("Sent by the DAG platform_alert_digest (tier-3 alerts, hourly).")
+    html_parts.append("<p><small>Sent by the DAG platform_alert_digest (tier-3 alerts, hourly).</small></p>")
+    body = '<div style="font-family:sans-serif">' + "".join(html_parts) + "</div>"
+    return subject, "\n".join(text_parts), body
+
+
+def send_email(conn_id: str, recipients: Sequence[str], *, subject: str, text: str, html_body: str) -> None:
+    """One multipart/alternative email (plain text, then HTML) through the SMTP connection, with the
+    providers-smtp SmtpHook (its TLS, login, from_email and retry handling); raises on any error.
+
+    SmtpNotifier and SmtpHook.send_email_smtp build an HTML-only message: the hook's message builder is
+    extended here to put the plain-text part first (tests/batchkit/test_alert_digest.py checks both parts
+    arrive, so a provider change that breaks this fails there).
+    """
+    from email.mime.text import MIMEText
+
+    from airflow.providers.smtp.hooks.smtp import SmtpHook
+
+    reason = unconfigured_reason(EMAIL, conn_id, recipients)
+    if reason is not None:
+        raise ValueError(f"cannot send the alert digest: {reason}")
+
+    class _TextAndHtmlSmtpHook(SmtpHook):
+        def _build_mime_message(self, *args: Any, **kwargs: Any) -> Any:
+            message, to = super()._build_mime_message(*args, **kwargs)
+            charset = kwargs.get("mime_charset", "utf-8")
+            message.get_payload().insert(0, MIMEText(text, "plain", charset))
+            return message, to
+
+    with _TextAndHtmlSmtpHook(smtp_conn_id=conn_id) as hook:
+        hook.send_email_smtp(
+            to=list(recipients), subject=subject, html_content=html_body, mime_subtype="alternative"
+        )
 
 
 # -- delivery ------------------------------------------------------------------------------------------

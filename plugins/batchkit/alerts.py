@@ -21,6 +21,14 @@ Every alert takes one path, send_logged, in this order:
    later alerts deduplicate against it once the warehouse is back; a failure to record is logged
    (`alert_log_write_failed`), never raised.
 
+Email of a digest tier (alert_channels.DIGEST_TIERS: tier:3) is not sent in step 1: the gate's "send"
+queues the alert in batch_meta.alert_digest (queue_for_digest), in the same transaction as its alert_log
+row (channels `digest`, outcome `sent`; send_logged returns "queued"), and a duplicate within the window
+adds to the queued entry's `repeats`. The DAG platform_alert_digest then sends one email per recipient
+list with every queued alert (send_alert_digests), exactly once through the side-effect ledger. The
+fallback of step 2 is unchanged: with the warehouse down there is no queue, and the email goes out at
+once like any other channel.
+
 A callback never takes its host down: FailureAlert.notify and deadline_missed catch every error, log
 it with its traceback as `alert_callback_failed` (naming dag_id and run_id), and return normally.
 deadline_missed returns a short string, never a dict: Airflow stores an async callback's return value
@@ -41,6 +49,7 @@ import asyncio
 import json
 import re
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
@@ -55,16 +64,22 @@ from batchkit.alert_channels import (
     DEFAULT_SLACK_CONN_ID,
     DEFAULT_SMTP_CONN_ID,
     DEFAULT_WEBHOOK_CONN_ID,
+    DIGEST,
+    DIGEST_TIERS,
     EMAIL,
     PAGER,
     SLACK,
     ChannelTarget,
+    DigestItem,
     channels_for_tier,
     deliver_to,
+    digest_email_message,
     email_recipients,
     read_connection,
+    send_email,
     unconfigured_reason,
 )
+from batchkit.ledger import LedgerStatus, perform_once
 from batchkit.observability import get_logger
 from batchkit.sql_files import apply_sql_file
 
@@ -73,6 +88,9 @@ if TYPE_CHECKING:
 
 ALERT_LOG_DDL = "sql/batch_meta/alert_log.sql"
 ALERT_SILENCES_DDL = "sql/batch_meta/alert_silences.sql"
+ALERT_DIGEST_DDL = "sql/batch_meta/alert_digest.sql"
+# The side-effect ledger key of one digest email: alert_digest:<batch>.
+DIGEST_LEDGER_PREFIX = "alert_digest:"
 DEFAULT_WAREHOUSE_CONN_ID = "warehouse"
 DEDUP_MINUTES_VARIABLE = "batch_alert_dedup_minutes"
 DEFAULT_DEDUP_WINDOW = timedelta(minutes=60)
@@ -86,8 +104,9 @@ ERROR_EXCERPT_CHARS = 500
 SIGNATURE_CHARS = 200
 RUNBOOK_LINE_CHARS = 300
 
-# What happened to one alert; the first three are also batch_meta.alert_log.outcome values.
-AlertOutcome = Literal["sent", "suppressed", "silenced", "sent_without_dedup"]
+# What happened to one alert; the first three are also batch_meta.alert_log.outcome values ("queued":
+# queued for the tier-3 digest, logged as `sent` on channel `digest`).
+AlertOutcome = Literal["sent", "suppressed", "silenced", "sent_without_dedup", "queued"]
 
 log = get_logger(__name__)
 
@@ -128,6 +147,10 @@ class AlertRoute:
         if self.email_to and EMAIL not in channels:
             channels += (EMAIL,)
         return channels
+
+    def digests_email(self) -> bool:
+        """Whether this route's email waits for the hourly digest (its tier is in DIGEST_TIERS)."""
+        return self.tier in DIGEST_TIERS
 
     def conn_id(self, channel: str) -> str:
         return {
@@ -337,6 +360,7 @@ def error_signature(payload: Mapping[str, Any]) -> str:
 def ensure_alert_log(conn: psycopg.Connection) -> None:
     apply_sql_file(conn, ALERT_LOG_DDL)
     apply_sql_file(conn, ALERT_SILENCES_DDL)
+    apply_sql_file(conn, ALERT_DIGEST_DDL)
 
 
 def silence(
@@ -378,6 +402,7 @@ def gate_and_send(
     *,
     window: timedelta,
     send: Callable[[], Any],
+    on_duplicate: Callable[[], None] | None = None,
 ) -> AlertOutcome:
     """The dedup/silence gate: call `send` unless silenced or a duplicate; returns the outcome.
 
@@ -386,6 +411,7 @@ def gate_and_send(
     log row commit together under an advisory lock per (kind, dag_id, task_id), so concurrent failures
     (mapped tasks, parallel runs) produce one alert. If `send` raises, nothing is logged and the next
     failure alerts again. When `send` returns a list (the channels delivered), the row records it.
+    `on_duplicate` runs for a duplicate, in the same transaction (the digest counts repeats with it).
     """
     ensure_alert_log(conn)
     key = _dedup_key(payload)
@@ -415,6 +441,8 @@ def gate_and_send(
         if outcome == "sent":
             delivered = send()
             channels = delivered if isinstance(delivered, list) else None
+        elif outcome == "suppressed" and on_duplicate is not None:
+            on_duplicate()
         _insert_alert_log_row(conn, payload, outcome, channels)
     return outcome
 
@@ -535,6 +563,9 @@ def send_logged(
     """Deliver unless silenced or a duplicate within `window`, logging the decision in alert_log; if the
     warehouse cannot be reached, deliver without dedup, then record it when possible (module docstring).
 
+    A route of a digest tier queues its email for the digest instead (returns "queued" when that was
+    its only channel); with the warehouse down the email is sent at once like the other channels.
+
     A delivery error on every channel is raised (sending again would fail the same way); one channel
     failing while another delivered is logged (`alert_channel_failed`) and the alert counts as sent.
     NoAlertChannel when no channel is configured.
@@ -542,6 +573,9 @@ def send_logged(
     # Reading the channels' connections registers their secrets with the masker: before scrubbing.
     targets = resolve_targets(route)
     payload = scrubbed(payload)
+    digest_target = next((t for t in targets if t.channel == EMAIL), None) if route.digests_email() else None
+    if digest_target is not None:
+        return _queue_logged(payload, targets, digest_target, warehouse_conn_id, window)
     delivery = _TrackedDelivery(payload, targets)
     try:
         with connect_warehouse(warehouse_conn_id) as conn:
@@ -554,6 +588,70 @@ def send_logged(
             log.warning("alert_log_write_failed", **_alert_fields(payload), error=_describe(error))
             return "sent"
         reason = _describe(error)
+    return _send_without_dedup(payload, targets, warehouse_conn_id, reason=reason)
+
+
+@dataclass
+class _DigestDelivery:
+    """A digest route's gate `send`: queue the email for the digest, deliver the other channels now.
+
+    The queued row commits with the alert_log row or not at all; `delivered` remembers which immediate
+    channels got the alert, so a fallback after a failed commit sends only what is still missing."""
+
+    conn: psycopg.Connection
+    payload: Mapping[str, Any]
+    digest_target: ChannelTarget
+    immediate: Sequence[ChannelTarget]
+    delivered: list[str] = field(default_factory=list)
+
+    def __call__(self) -> list[str]:
+        queue_for_digest(self.conn, self.payload, self.digest_target)
+        if self.immediate:
+            try:
+                self.delivered = deliver_to(self.immediate, self.payload)
+            except Exception:
+                # Each failure is logged (`alert_channel_failed`); the digest still carries the alert.
+                self.delivered = []
+        return [*self.delivered, DIGEST]
+
+
+def _queue_logged(
+    payload: Mapping[str, Any],
+    targets: Sequence[ChannelTarget],
+    digest_target: ChannelTarget,
+    warehouse_conn_id: str,
+    window: timedelta,
+) -> AlertOutcome:
+    """send_logged for a route whose email waits for the digest; a duplicate counts as a repeat."""
+    immediate = [target for target in targets if target is not digest_target]
+    delivery: _DigestDelivery | None = None
+    try:
+        with connect_warehouse(warehouse_conn_id) as conn:
+            delivery = _DigestDelivery(conn, payload, digest_target, immediate)
+            outcome = gate_and_send(
+                conn,
+                payload,
+                window=window,
+                send=delivery,
+                on_duplicate=lambda: count_digest_repeat(conn, payload),
+            )
+    except Exception as error:
+        reason = _describe(error)
+    else:
+        if outcome == "sent" and not immediate:
+            log.info("alert_queued_for_digest", **_alert_fields(payload), recipients=digest_target.recipients)
+            return "queued"
+        return outcome
+    # Nothing was queued (or the queued row rolled back with its transaction): send what is missing, now.
+    done = set(delivery.delivered) if delivery is not None else set()
+    missing = [target for target in targets if target.channel not in done]
+    return _send_without_dedup(payload, missing, warehouse_conn_id, reason=reason)
+
+
+def _send_without_dedup(
+    payload: Mapping[str, Any], targets: Sequence[ChannelTarget], warehouse_conn_id: str, *, reason: str
+) -> AlertOutcome:
+    """The warehouse-down fallback: deliver now, warn `alert_sent_without_dedup`, record best effort."""
     started = time.monotonic()
     try:
         channels = deliver_to(targets, payload)
@@ -641,6 +739,267 @@ async def deadline_missed(
             error=_describe(error),
         )
         return f"failed: {_describe(error)}"[:MAX_CALLBACK_OUTPUT_CHARS]
+
+
+# -- the tier-3 digest ---------------------------------------------------------------------------------
+
+
+def queue_for_digest(conn: psycopg.Connection, payload: Mapping[str, Any], target: ChannelTarget) -> None:
+    """Queue the (scrubbed) alert for the digest email to `target`'s recipients (in the caller's
+    transaction: gate_and_send commits it with the alert_log row)."""
+    if not target.recipients:
+        raise ValueError("a digest entry needs recipients")
+    conn.execute(
+        """
+        INSERT INTO batch_meta.alert_digest
+            (kind, dag_id, task_id, run_id, signature, payload, smtp_conn_id, recipients, created_at)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, clock_timestamp())
+        """,
+        (
+            *_dedup_key(payload),
+            payload.get("run_id"),
+            error_signature(payload),
+            Jsonb(dict(payload)),
+            target.conn_id,
+            list(target.recipients),
+        ),
+    )
+
+
+def count_digest_repeat(conn: psycopg.Connection, payload: Mapping[str, Any]) -> None:
+    """A duplicate within the dedup window: count it on the unsent digest entry of the same (kind, DAG,
+    task, signature). Once that entry is sent the repeat is only in alert_log (`suppressed`)."""
+    conn.execute(
+        """
+        UPDATE batch_meta.alert_digest
+           SET repeats = repeats + 1, last_repeat_at = clock_timestamp()
+         WHERE id = (
+            SELECT id FROM batch_meta.alert_digest
+             WHERE sent_at IS NULL AND kind = %s AND dag_id = %s AND task_id = %s AND signature = %s
+             ORDER BY id DESC
+             LIMIT 1
+         )
+        """,
+        (*_dedup_key(payload), error_signature(payload)),
+    )
+
+
+@dataclass(frozen=True)
+class DigestEmail:
+    """One digest email: its entries (oldest first) for one recipient list on one SMTP connection.
+    `batch` is None for a preview (dry run) of entries not claimed yet."""
+
+    smtp_conn_id: str
+    recipients: tuple[str, ...]
+    entry_ids: tuple[int, ...]
+    items: tuple[DigestItem, ...]
+    batch: str | None = None
+
+    def message(self) -> tuple[str, str, str]:
+        """(subject, plain text, html)."""
+        return digest_email_message(self.items)
+
+
+@dataclass(frozen=True)
+class DigestDelivery:
+    """What send_alert_digests did with one digest email."""
+
+    batch: str | None
+    recipients: tuple[str, ...]
+    entries: int
+    status: LedgerStatus
+    subject: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "batch": self.batch,
+            "recipients": list(self.recipients),
+            "entries": self.entries,
+            "status": self.status.value,
+            "subject": self.subject,
+        }
+
+
+# Unsent entries, all of them or one batch's. Recipient lists are compared as sets: the same addresses
+# in another order get the same email.
+_UNSENT_ENTRIES_SQL = """
+    SELECT id, payload, repeats, created_at, last_repeat_at, smtp_conn_id,
+           ARRAY(SELECT DISTINCT unnest(recipients) ORDER BY 1) AS recipients, batch
+      FROM batch_meta.alert_digest
+     WHERE sent_at IS NULL AND (%(batch)s::text IS NULL OR batch = %(batch)s::text)
+     ORDER BY id
+"""
+
+
+def _digest_emails(rows: Sequence[tuple[Any, ...]], *, by_batch: bool) -> list[DigestEmail]:
+    groups: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
+    for row in rows:
+        entry_id, _, _, _, _, conn_id, recipients, batch = row
+        key = (batch,) if by_batch else (conn_id, tuple(recipients))
+        groups.setdefault(key, []).append(row)
+    emails = []
+    for members in groups.values():
+        _, _, _, _, _, conn_id, recipients, batch = members[0]
+        emails.append(
+            DigestEmail(
+                smtp_conn_id=conn_id,
+                recipients=tuple(recipients),
+                entry_ids=tuple(row[0] for row in members),
+                items=tuple(
+                    DigestItem(payload=row[1], repeats=row[2], queued_at=row[3], last_repeat_at=row[4])
+                    for row in members
+                ),
+                batch=batch if by_batch else None,
+            )
+        )
+    return emails
+
+
+def unsent_digests(conn: psycopg.Connection) -> list[DigestEmail]:
+    """Every unsent entry (pending or claimed), one email per SMTP connection and recipient list: what
+    the next digest would send (a dry run's preview; it writes nothing)."""
+    ensure_alert_log(conn)
+    with conn.transaction():
+        rows = conn.execute(_UNSENT_ENTRIES_SQL, {"batch": None}).fetchall()
+    return _digest_emails(rows, by_batch=False)
+
+
+def claim_digest_entries(conn: psycopg.Connection, *, claimed_by: str) -> list[str]:
+    """Claim every pending entry into a new batch per SMTP connection and recipient list; returns the
+    new batches. A batch's membership never changes afterwards, so its ledger key always means the same
+    email. Entries queued later wait for the next claim."""
+    ensure_alert_log(conn)
+    with conn.transaction():
+        conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", ("batchkit:alert_digest:claim",)
+        )
+        groups = conn.execute(
+            """
+            SELECT DISTINCT smtp_conn_id, ARRAY(SELECT DISTINCT unnest(recipients) ORDER BY 1)
+              FROM batch_meta.alert_digest
+             WHERE batch IS NULL
+            """
+        ).fetchall()
+        batches = []
+        for conn_id, recipients in groups:
+            batch = uuid.uuid4().hex
+            conn.execute(
+                """
+                UPDATE batch_meta.alert_digest
+                   SET batch = %s, claimed_by = %s, claimed_at = clock_timestamp()
+                 WHERE batch IS NULL AND smtp_conn_id = %s
+                   AND ARRAY(SELECT DISTINCT unnest(recipients) ORDER BY 1) = %s
+                """,
+                (batch, claimed_by, conn_id, recipients),
+            )
+            batches.append(batch)
+    return batches
+
+
+def _open_batches(conn: psycopg.Connection) -> list[str]:
+    with conn.transaction():
+        rows = conn.execute(
+            """
+            SELECT batch FROM batch_meta.alert_digest
+             WHERE sent_at IS NULL AND batch IS NOT NULL
+             GROUP BY batch
+             ORDER BY min(id)
+            """
+        ).fetchall()
+    return [batch for (batch,) in rows]
+
+
+DigestSender = Callable[..., None]
+
+
+def _send_batch(conn: psycopg.Connection, batch: str, send: DigestSender) -> dict[str, Any]:
+    """The ledger action of one batch: render its unsent entries, send, mark them sent (that UPDATE
+    commits with the ledger's `done` mark, in perform_once's transaction)."""
+    rows = conn.execute(_UNSENT_ENTRIES_SQL, {"batch": batch}).fetchall()
+    if not rows:
+        return {"entries": [], "subject": None}
+    [email] = _digest_emails(rows, by_batch=True)
+    subject, text, body = email.message()
+    send(email.smtp_conn_id, email.recipients, subject=subject, text=text, html_body=body)
+    conn.execute(
+        "UPDATE batch_meta.alert_digest SET sent_at = clock_timestamp() WHERE id = ANY(%s)",
+        (list(email.entry_ids),),
+    )
+    return {
+        "entries": list(email.entry_ids),
+        "recipients": list(email.recipients),
+        "smtp_conn_id": email.smtp_conn_id,
+        "subject": subject,
+    }
+
+
+def send_alert_digests(
+    conn: psycopg.Connection,
+    *,
+    claimed_by: str,
+    dry_run: bool = False,
+    send: DigestSender | None = None,
+) -> list[DigestDelivery]:
+    """Send every queued tier-3 alert: one email per SMTP connection and recipient list, exactly once.
+
+    1. Claim the pending entries into batches (claim_digest_entries; `claimed_by` names the run).
+    2. Send every open batch (this run's and any an earlier, failed run left) through the side-effect
+       ledger, key `alert_digest:<batch>` (batchkit.ledger.perform_once): the email is sent and the
+       entries marked sent in one transaction with the key's `done` mark. A send that raises rolls all of
+       it back (the entries stay claimed, the key re-tryable): a retry, a cleared rerun or the next
+       hourly run sends that batch, and a batch already done is never sent again.
+
+    A failing batch does not stop the others; afterwards its first error is raised (the task fails and
+    retries). `dry_run`: render and log every email the run would send (`alert_digest_preview`), write
+    nothing. `conn` must be autocommit or idle (perform_once). `send` is alert_channels.send_email
+    unless given.
+    """
+    if dry_run:
+        previews = []
+        for email in unsent_digests(conn):
+            subject, text, _ = email.message()
+            log.info(
+                "alert_digest_preview",
+                recipients=list(email.recipients),
+                smtp_conn_id=email.smtp_conn_id,
+                entries=len(email.items),
+                subject=subject,
+                text=text,
+            )
+            previews.append(
+                DigestDelivery(None, email.recipients, len(email.items), LedgerStatus.DRY_RUN, subject)
+            )
+        return previews
+
+    sender = send or send_email
+    claim_digest_entries(conn, claimed_by=claimed_by)
+    deliveries: list[DigestDelivery] = []
+    errors: list[Exception] = []
+    for batch in _open_batches(conn):
+        try:
+            outcome = perform_once(
+                conn, DIGEST_LEDGER_PREFIX + batch, lambda batch=batch: _send_batch(conn, batch, sender)
+            )
+        except Exception as error:
+            log.warning("alert_digest_send_failed", batch=batch, error=_describe(error))
+            errors.append(error)
+            continue
+        result = outcome.result or {}
+        delivery = DigestDelivery(
+            batch,
+            tuple(result.get("recipients") or ()),
+            len(result.get("entries") or ()),
+            outcome.status,
+            result.get("subject"),
+        )
+        log.info("alert_digest_sent" if outcome.performed else "alert_digest_skipped", **delivery.as_json())
+        deliveries.append(delivery)
+    if errors:
+        first = errors[0]
+        for error in errors[1:]:
+            first.add_note(f"another digest batch failed too: {_describe(error)}")
+        raise first
+    return deliveries
 
 
 def _alert_fields(payload: Mapping[str, Any]) -> dict[str, Any]:

@@ -41,7 +41,7 @@ import pytest
 import structlog
 from airflow.sdk import DAG
 
-from batchkit.alert_channels import TIER_CHANNELS, send_report
+from batchkit.alert_channels import DIGEST_TIERS, TIER_CHANNELS, send_report
 from batchkit.alerts import (
     ALERT_LOG_DDL,
     ERROR_EXCERPT_CHARS,
@@ -654,6 +654,7 @@ def test_the_routing_table_covers_every_tier_once() -> None:
     assert TIER_CHANNELS["tier:1"] == ("pager", "slack")
     assert TIER_CHANNELS["tier:2"] == ("slack",)
     assert TIER_CHANNELS["tier:3"] == ("email",)
+    assert frozenset({"tier:3"}) == DIGEST_TIERS, "tier:3 email goes out as the hourly digest"
 
 
 def test_standard_dag_routes_both_alerts_by_the_tier_tag_with_the_runbook_line() -> None:
@@ -690,29 +691,38 @@ def test_standard_dag_routes_both_alerts_by_the_tier_tag_with_the_runbook_line()
     json.dumps(kwargs)  # travels to the triggerer as JSON
 
 
-def test_tier_1_pages_and_posts_to_slack_tier_2_only_slack_tier_3_only_email(
+def test_tier_1_pages_and_posts_to_slack_tier_2_only_slack_tier_3_queues_its_email_for_the_digest(
     webhook: Webhook, slack: Webhook, smtp: Mailbox, warehouse: psycopg.Connection
 ) -> None:
+    """Tier 3's email waits for platform_alert_digest (tests/batchkit/test_alert_digest.py sends it)."""
+    dag_ids = {tier: f"bk_route_{tier[-1]}_{uuid.uuid4().hex[:6]}" for tier in ("tier:1", "tier:2", "tier:3")}
     outcomes = {
-        tier: _send(
-            _failure(f"bk_route_{tier[-1]}_{uuid.uuid4().hex[:6]}", RuntimeError("boom")), _tiered(tier)
-        )
-        for tier in ("tier:1", "tier:2", "tier:3")
+        tier: _send(_failure(dag_id, RuntimeError("boom")), _tiered(tier)) for tier, dag_id in dag_ids.items()
     }
 
-    assert outcomes == {"tier:1": "sent", "tier:2": "sent", "tier:3": "sent"}
+    assert outcomes == {"tier:1": "sent", "tier:2": "sent", "tier:3": "queued"}
     slack.wait_for(2)
     [page] = webhook.wait_for(1)
-    [mail] = smtp.wait_for(1)
     time.sleep(0.5)  # anything misrouted would have arrived by now
+    assert (page.body["dag_id"], page.body["tier"]) == (dag_ids["tier:1"], "tier:1")
     assert [p.body["text"].split("bk_route_")[1][0] for p in slack.requests] == ["1", "2"]
-    assert (page.body["dag_id"][:11], page.body["tier"]) == ("bk_route_1_", "tier:1")
-    assert mail["Subject"].startswith("[airflow] [tier:3] Task failed: bk_route_3_")
-    assert (len(webhook.requests), len(slack.requests), len(smtp.messages)) == (1, 2, 1)
-    (channels,) = warehouse.execute(
-        "SELECT channels FROM batch_meta.alert_log WHERE dag_id = %s", (page.body["dag_id"],)
-    ).fetchone()
-    assert channels == ["pager", "slack"]
+    assert (len(webhook.requests), len(slack.requests), len(smtp.messages)) == (1, 2, 0)
+    channels = dict(
+        warehouse.execute(
+            "SELECT dag_id, channels FROM batch_meta.alert_log WHERE dag_id = ANY(%s)",
+            (list(dag_ids.values()),),
+        ).fetchall()
+    )
+    assert channels == {
+        dag_ids["tier:1"]: ["pager", "slack"],
+        dag_ids["tier:2"]: ["slack"],
+        dag_ids["tier:3"]: ["digest"],
+    }
+    queued = warehouse.execute(
+        "SELECT dag_id, recipients, smtp_conn_id, sent_at FROM batch_meta.alert_digest WHERE dag_id = ANY(%s)",
+        (list(dag_ids.values()),),
+    ).fetchall()
+    assert queued == [(dag_ids["tier:3"], ["oncall@example.test", "data@example.test"], "alerts_smtp", None)]
 
 
 def test_slack_gets_an_incoming_webhook_body_with_block_kit(
@@ -778,13 +788,15 @@ def test_a_missed_deadline_reaches_slack_with_the_run_and_its_deadline(
 
 
 def test_email_goes_through_a_real_smtp_server(smtp: Mailbox, warehouse: psycopg.Connection) -> None:
+    """An email channel outside the digest tiers sends at once (tier:3 email waits for the digest)."""
     dag_id = f"bk_mail_{uuid.uuid4().hex[:8]}"
     payload = _failure(dag_id, RuntimeError("checksum <mismatch> in batch 12"))
+    route = AlertRoute(channels=("email",)).routed(tier="tier:2", runbook=RUNBOOK_LINE)
 
-    assert _send(payload, _tiered("tier:3")) == "sent"
+    assert _send(payload, route) == "sent"
 
     [message] = smtp.wait_for(1)
-    assert message["Subject"] == f"[airflow] [tier:3] Task failed: {dag_id}.extract_stage (RuntimeError)"
+    assert message["Subject"] == f"[airflow] [tier:2] Task failed: {dag_id}.extract_stage (RuntimeError)"
     assert message["From"] == "airflow-alerts@example.test"
     assert smtp.envelopes[0][1] == ["oncall@example.test", "data@example.test"]
     [part] = [p for p in message.walk() if p.get_content_type() == "text/html"]

@@ -14,6 +14,9 @@ exit. The fixture sync (tests/fixtures/dags_celery/celery_orders_sync: 1-2 s ret
   3. SIGTERM a worker mid-extract: Celery's warm shutdown lets the extract finish in the same try,
      then the worker exits and is restarted.
   4. Stop the broker (SIGTERM, then SIGKILL) while tasks wait in it: every one of them runs, exact data.
+  5. The source's rate limit (declared once, on the connection: RATE requests/s, BURST) holds across
+     both workers: concurrent extracts on both, yet never more than the limit allows in any second at
+     the upstream. Every test runs under that limit, as production would.
 
 The measured figures are printed at the end of the module (past pytest's capture).
 """
@@ -85,6 +88,9 @@ RUN_TIMEOUT = 240
 DETECTION_SLACK = 15
 HEARTBEAT_TIMEOUT_SETTING = "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT"
 DETECTION_INTERVAL_SETTING = "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL"
+# The demo_api connection's declared limit (its extra), enforced through the broker's Redis.
+RATE, BURST = 10, 2
+RATE_INTERVALS = 6
 
 
 @dataclass
@@ -149,7 +155,7 @@ def cluster(
             celery=WORKERS,
             worker_concurrency=CONCURRENCY,
             extra_env={
-                "AIRFLOW_CONN_DEMO_API": upstream.connection_json(),
+                "AIRFLOW_CONN_DEMO_API": upstream.connection_json(requests_per_second=RATE, burst=BURST),
                 "AIRFLOW_CONN_ALERTS_WEBHOOK": json.dumps(
                     {"conn_type": "http", "host": f"{upstream.url}/alerts"}
                 ),
@@ -421,6 +427,48 @@ def test_broker_restarts_lose_no_queued_task(cluster: Cluster) -> None:
     assert stack.process("broker").restarts == 2
     assert all(stack.process(name).running for name in (*AIRFLOW_COMPONENTS, "broker")), stack.log_tails()
     wait_for_workers(stack)
+
+
+# --- 5. one rate limit across the cluster -----------------------------------------------------------------
+
+
+def test_the_sources_rate_limit_holds_across_both_workers(cluster: Cluster) -> None:
+    from batchkit.extract.ratelimit import max_in_any_window
+
+    api = cluster.api
+    pace(cluster.upstream, 0)  # unpaced: without the shared limit 4 extracts would far exceed RATE
+    first = datetime(2026, 6, 1, 2, tzinfo=UTC)
+    intervals = [(first + timedelta(days=d), first + timedelta(days=d + 1)) for d in range(RATE_INTERVALS)]
+
+    runs = run_backfill(api, intervals, max_active_runs=RATE_INTERVALS)
+
+    extracts = [task_instance(api, SYNC, run["dag_run_id"], "extract_stage") for run in runs]
+    spans = sorted(
+        (parse_time(ti["start_date"]), parse_time(ti["end_date"]), ti["hostname"]) for ti in extracts
+    )
+    overlapping_hosts = {
+        frozenset((a[2], b[2]))
+        for a, b in zip(spans, spans[1:], strict=False)
+        if b[0] < a[1] and a[2] != b[2]
+    }
+    assert overlapping_hosts, f"no two extracts ran at once on different workers: {spans}"
+    arrivals = cluster.upstream.arrivals(ORDERS_PATH)
+    assert len(arrivals) >= RATE_INTERVALS * PAGES
+    busiest = max_in_any_window(arrivals, 1.0)
+    throughput = (len(arrivals) - 1) / (max(arrivals) - min(arrivals))
+    cluster.report["rate_limit"] = {
+        "declared": {"requests_per_second": RATE, "burst": BURST},
+        "requests": len(arrivals),
+        "max_requests_in_any_1s_window": busiest,
+        "mean_requests_per_s": round(throughput, 2),
+        "concurrent_extracts_on": sorted(sorted(pair) for pair in overlapping_hosts),
+    }
+    # GCRA lets RATE + BURST - 1 slots fall in one second; a request leaves a little after its slot, by a
+    # varying delay, so two slots 1 s apart can land in the same second at the server: RATE + BURST.
+    assert busiest <= RATE + BURST, (
+        f"{busiest} requests in one second at the upstream; the connection allows {RATE}/s, burst {BURST}"
+    )
+    assert throughput <= RATE * 1.05, f"mean {throughput:.1f} requests/s over the declared {RATE}/s"
 
 
 def stop_broker(stack: AirflowStack, sig: signal.Signals, waiting: list[QueuedTask]) -> dict[str, Any]:
