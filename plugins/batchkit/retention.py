@@ -11,7 +11,8 @@ What goes, and by which clock:
   a run that died and was never rerun. Its name is derived from the checkpoint and the sync's target
   exactly as batchkit.load.postgres names it; a later rerun of that interval notices the missing
   staging and starts the interval over.
-- rows of batch_meta.quarantine, checkpoints, side_effects (the ledger) and alert_log older than their
+- rows of batch_meta.quarantine, checkpoints, side_effects (the ledger), alert_log, sent alert_digest
+  entries and quality_results older than their
   age (`ROW_RULES`). A ledger row gone means a rerun of that old key would perform its action again.
 - report files of days more than `report_file_days` before the run (the day in the file name, which
   a rerun does not change, unlike a file's modification time).
@@ -53,6 +54,7 @@ class RetentionPolicy:
     checkpoint_days: int = 90
     ledger_days: int = 400
     alert_log_days: int = 90
+    quality_results_days: int = 90
     report_file_days: int = 400
 
     def __post_init__(self) -> None:
@@ -82,7 +84,8 @@ PARAM_DESCRIPTIONS = {
     "quarantine_days": "Delete quarantined records older than this.",
     "checkpoint_days": "Delete sync checkpoints not updated for this long (at least staging_days).",
     "ledger_days": "Delete side-effect ledger rows older than this (an older key would be performed again).",
-    "alert_log_days": "Delete alert log rows older than this.",
+    "alert_log_days": "Delete alert log rows, and digest entries sent longer ago, older than this.",
+    "quality_results_days": "Delete data-quality results older than this.",
     "report_file_days": "Delete report files of days further back than this.",
 }
 
@@ -99,6 +102,9 @@ ROW_RULES = (
     RowRule("batch_meta.checkpoints", "updated_at", "checkpoint_days"),
     RowRule("batch_meta.side_effects", "updated_at", "ledger_days"),
     RowRule("batch_meta.alert_log", "created_at", "alert_log_days"),
+    # By sent_at: an entry not sent yet (NULL) is never old enough.
+    RowRule("batch_meta.alert_digest", "sent_at", "alert_log_days"),
+    RowRule("batch_meta.quality_results", "checked_at", "quality_results_days"),
 )
 
 

@@ -87,8 +87,9 @@ def checkpoint(
 
 
 def seed_warehouse(conn: psycopg.Connection, policy: RetentionPolicy, now: datetime) -> Seeded:
-    apply_sql_file(conn, "sql/batch_meta/side_effects.sql")
-    conn.execute("TRUNCATE batch_meta.side_effects")
+    for ddl in ("side_effects", "alert_digest", "quality_results"):
+        apply_sql_file(conn, f"sql/batch_meta/{ddl}.sql")
+    conn.execute("TRUNCATE batch_meta.side_effects, batch_meta.alert_digest, batch_meta.quality_results")
     intervals = [datetime(2026, 2, day, 2, tzinfo=UTC) for day in range(1, 6)]
     staging_days, checkpoint_days = policy.staging_days, policy.checkpoint_days
 
@@ -127,6 +128,33 @@ def seed_warehouse(conn: psycopg.Connection, policy: RetentionPolicy, now: datet
             """,
             (str(margin), ago(now, policy.alert_log_days, margin=margin)),
         )
+        conn.execute(
+            """
+            INSERT INTO batch_meta.alert_digest (kind, dag_id, task_id, payload, smtp_conn_id, recipients,
+                                                 batch, sent_at, created_at)
+            VALUES ('task_failed', 'seed', %s, '{}', 'alerts_smtp', ARRAY['ops@example.com'], 'seed', %s, %s)
+            """,
+            (
+                f"sent {margin}",
+                ago(now, policy.alert_log_days, margin=margin),
+                ago(now, policy.alert_log_days, margin=2),
+            ),
+        )
+        conn.execute(
+            """
+            INSERT INTO batch_meta.quality_results (dag_id, task_id, run_id, check_name, passed, checked_at)
+            VALUES ('seed', 'check_keys', 'seed', %s, true, %s)
+            """,
+            (str(margin), ago(now, policy.quality_results_days, margin=margin)),
+        )
+    # Never sent (its digest keeps failing): however old, it waits for the next digest.
+    conn.execute(
+        """
+        INSERT INTO batch_meta.alert_digest (kind, dag_id, task_id, payload, smtp_conn_id, recipients, created_at)
+        VALUES ('task_failed', 'seed', 'unsent', '{}', 'alerts_smtp', ARRAY['ops@example.com'], %s)
+        """,
+        (ago(now, policy.alert_log_days, margin=30),),
+    )
     return Seeded(
         old_staging=old_staging,
         kept_staging=kept_staging,
@@ -168,6 +196,8 @@ def margins_left(conn: psycopg.Connection) -> dict[str, list[str]]:
             r[0] for r in conn.execute("SELECT split_part(effect_key, ':', 2) FROM batch_meta.side_effects")
         ],
         "alert_log": [r[0] for r in conn.execute("SELECT task_id FROM batch_meta.alert_log")],
+        "alert_digest": sorted(r[0] for r in conn.execute("SELECT task_id FROM batch_meta.alert_digest")),
+        "quality_results": [r[0] for r in conn.execute("SELECT check_name FROM batch_meta.quality_results")],
     }
 
 
@@ -224,6 +254,8 @@ def test_cleanup_removes_exactly_what_is_old_and_a_dry_run_nothing(
         "batch_meta.checkpoints": len(seeded.checkpoints_removed),
         "batch_meta.side_effects": 1,
         "batch_meta.alert_log": 1,
+        "batch_meta.alert_digest": 1,
+        "batch_meta.quality_results": 1,
     }
 
     dry = run_cleanup(policy, dry_run=True)
@@ -239,5 +271,11 @@ def test_cleanup_removes_exactly_what_is_old_and_a_dry_run_nothing(
     assert returned(real, "purge_warehouse") == expected_warehouse
     assert existing_tables(warehouse, all_staging) == set(seeded.kept_staging)
     assert checkpoints(warehouse) == seeded.checkpoints_kept
-    assert margins_left(warehouse) == {"quarantine": ["-1"], "side_effects": ["-1"], "alert_log": ["-1"]}
+    assert margins_left(warehouse) == {
+        "quarantine": ["-1"],
+        "side_effects": ["-1"],
+        "alert_log": ["-1"],
+        "alert_digest": ["sent -1", "unsent"],
+        "quality_results": ["-1"],
+    }
     assert {p.name for p in (reports_dir / REPORT_NAME).iterdir()} == kept_files
