@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: help venv run stop status bench-production db-clean test test-fast dag-test psql secrets-scan chaos lint format lock bench clean browser backfill clear-failed pause unpause import-errors silence new-sync catalog
+.PHONY: help venv run stop status bench-production bench-celery db-clean test test-fast dag-test psql secrets-scan chaos lint format lock bench clean browser backfill clear-failed pause unpause import-errors silence new-sync catalog
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -64,10 +64,11 @@ browser: ## find Chrome/Chromium for the UI test; install Debian's where possibl
 test: lint secrets-scan browser ## lint, secret scan, then every test (unit, integration, end to end)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# No browser, no Airflow stack: everything not marked e2e (unit, integration against real Postgres and
-# HTTP, dag.test runs, DAG integrity). `make test` (CI) still runs all of it, e2e included.
-test-fast: lint secrets-scan ## lint, secret scan, unit + integration tests (no e2e, no browser)
-	$(BIN)/python -m pytest -m "not e2e" $(PYTEST_ARGS)
+# The inner loop: no browser, no Airflow stack, nothing marked slow (> ~10 s each: multi-process and
+# whole-week runs), spread over the cores. Unit and integration tests against real Postgres, Redis and
+# HTTP, dag.test runs, DAG integrity. `make test` (CI) runs all of it, slow and e2e included.
+test-fast: lint secrets-scan ## lint, secret scan, unit + integration tests on all cores (no e2e, no slow, no browser)
+	$(BIN)/python -m pytest -m "not e2e and not slow" -n auto $(PYTEST_ARGS)
 
 dag-test: $(INSTALLED) ## `airflow dags test` DAG=.. DATE=.. against make run's databases (syncs: make run for the demo API)
 	$(BIN)/python -m tools.dag_test '$(DAG)' '$(DATE)'
@@ -89,6 +90,9 @@ bench-production: $(INSTALLED) ## latency-bound sources, the dlt peer (its own v
 	$(BIN)/python -m bench.peer_dlt --records 100000 1000000 --repeats 3 --slow-records 100000 --slow-repeats 2
 	$(BIN)/python -m bench.parse_many --syncs 500 --sample 30
 	$(BIN)/python -m bench.dag_processor_many --syncs 500 --runs 1 --rounds 2
+
+bench-celery: $(INSTALLED) ## Celery scale-out: a 20-interval backfill on 1 and 2 workers and the LocalExecutor, idle worker PSS (~15 min)
+	$(BIN)/python -m bench.celery_scaleout
 
 # Operator verbs over the REST API of a running stack. Each prints what it will do; the ones that change
 # state are dry runs unless EXECUTE=1.

@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from batchkit.sync_spec import load_spec, spec_path
 from tests.automations.observed_run import run_sync_in_subprocess
 from tests.automations.test_sync_dags import SYNC_DAG_FILES, Sync, at_cron_tick
@@ -38,6 +40,7 @@ def datasets(event: dict[str, Any], side: str) -> list[tuple[str, str]]:
     return [(d["namespace"], d["name"]) for d in event.get(side, [])]
 
 
+@pytest.mark.slow
 def test_a_sync_run_emits_endpoint_to_table_lineage(
     tmp_path: Path, upstream: Upstream, warehouse_conninfo: str, airflow_db: str
 ) -> None:

@@ -80,6 +80,7 @@ def batchkit_metrics(lines: list[str]) -> dict[tuple[str, str, str], list[tuple[
     return found
 
 
+@pytest.mark.slow
 def test_a_sync_run_sends_its_batchkit_metrics_tagged_with_dag_and_task(
     statsd: StatsdReceiver, upstream: Upstream, volumes: Volumes, airflow_db: str
 ) -> None:

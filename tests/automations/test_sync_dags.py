@@ -419,6 +419,7 @@ def test_loading_the_same_interval_twice_leaves_the_table_identical(
     ] == len(expected)
 
 
+@pytest.mark.slow
 def test_a_week_loaded_twice_gives_the_same_rows(
     syncs: dict[str, Sync], warehouse: psycopg.Connection, volumes: Volumes
 ) -> None:
