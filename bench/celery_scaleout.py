@@ -158,7 +158,7 @@ def check_orders(conninfo: str, intervals: int, orders_per_day: int) -> int:
 def snapshot(dest: Path) -> str:
     """plugins/, include/, config/ and the DAG file of HEAD into `dest`; returns the commit."""
     commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
     ).stdout.strip()
     dest.mkdir(parents=True)
     archive = subprocess.run(

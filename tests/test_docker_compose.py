@@ -789,7 +789,7 @@ def test_every_airflow_service_refuses_placeholders_before_starting() -> None:
     assert (started.returncode, started.stdout.strip()) == (0, "started"), started
 
 
-# --- report files and deliveries (batchkit.report) ---------------------------------------------------
+# --- report files and deliveries (batchkit.report_files) ---------------------------------------------
 
 REPORTS_BASE_ENV = "REPORTS_BASE_PATH"
 # Services that run tasks (render writes the files): LocalExecutor in the scheduler, Celery workers.

@@ -11,11 +11,11 @@ from airflow.sdk import CronTriggerTimetable, Param, get_current_context, task
 
 from batchkit.dag_factory import dry_run_requested, standard_dag
 from batchkit.observability import get_logger, run_fields
-from batchkit.report import REPORTS_BASE_VARIABLE, configured_reports_base, report_folder
+from batchkit.report_files import REPORTS_BASE_VARIABLE, configured_reports_base
 from batchkit.retention import (
     PARAM_DESCRIPTIONS,
     RetentionPolicy,
-    purge_report_files,
+    purge_declared_files,
     purge_warehouse,
     sync_targets,
 )
@@ -33,11 +33,12 @@ from the run's `run_after`, and logs the count per table (`removed` lines, and t
 | Task | Removes |
 |---|---|
 | `purge_warehouse` (pool `warehouse`) | sync staging tables `batch_meta.stg_*` of intervals whose checkpoint was last updated more than `staging_days` [{DEFAULTS.staging_days}] ago (a run that died and was never rerun); rows of `batch_meta.quarantine` [{DEFAULTS.quarantine_days}], `batch_meta.checkpoints` [{DEFAULTS.checkpoint_days}], `batch_meta.side_effects` (the ledger) [{DEFAULTS.ledger_days}], `batch_meta.alert_log` [{DEFAULTS.alert_log_days}] |
-| `purge_report_files` | report files (`<base>/sales_daily/sales_daily_<day>.*`) of days more than `report_file_days` [{DEFAULTS.report_file_days}] back; `<base>` and its connection as sales_daily_report resolves them (Variable `{REPORTS_BASE_VARIABLE}`, else env) |
+| `purge_report_files` | the files each automation declares (`FILE_RETENTION` in `include/<domain>/retention.py`: a folder under `<base>`, the day in a file's name) of days more than their age back, `report_file_days` [{DEFAULTS.report_file_days}] unless declared otherwise; `<base>` and its connection as the reports resolve them (Variable `{REPORTS_BASE_VARIABLE}`, else env; `batchkit.report_files`) |
 
-Logic in `plugins/batchkit/retention.py`. `dry_run=true` counts what each step would remove and removes
-nothing. A ledger row removed means a rerun of that old key would perform its action again (e.g.
-re-send a report older than `ledger_days`).
+Logic in `plugins/batchkit/retention.py`; which files exist is declared by their automations, never
+listed here. `dry_run=true` counts what each step would remove and removes nothing. A ledger row
+removed means a rerun of that old key would perform its action again (e.g. re-send a report older than
+`ledger_days`).
 
 Airflow's own metadata (dag runs, task instances, logs, XComs...) is not this DAG's job: its tasks hold
 warehouse credentials only, never the metadata DB's. `airflow db clean` is operator maintenance, run as
@@ -112,16 +113,9 @@ with standard_dag(
         context = get_current_context()
         policy, now = _policy_and_now(context)
         dry_run = dry_run_requested(context)
-        folder = report_folder(configured_reports_base())
-        older_than = policy.cutoff("report_file_days", now).date()
-        removed = {str(folder): purge_report_files(folder, older_than=older_than, dry_run=dry_run)}
-        log.info(
-            "removed",
-            location=str(folder),
-            files=removed[str(folder)],
-            dry_run=dry_run,
-            **run_fields(context),
-        )
+        removed = purge_declared_files(configured_reports_base(), policy, now=now, dry_run=dry_run)
+        for location, count in removed.items():
+            log.info("removed", location=location, files=count, dry_run=dry_run, **run_fields(context))
         return removed
 
     purge_warehouse_leftovers()

@@ -13,29 +13,31 @@ from batchkit.alert_channels import REPORTS_SLACK_CONN_ID, REPORTS_WEBHOOK_CONN_
 from batchkit.assets import table_asset
 from batchkit.dag_factory import dry_run_requested, standard_dag
 from batchkit.observability import get_logger, run_fields
-from batchkit.report import (
-    REPORT_DAY_PARAM,
+from batchkit.report_files import (
     REPORTS_BASE_ENV,
     REPORTS_BASE_VARIABLE,
     REPORTS_CONN_ENV,
     REPORTS_CONN_VARIABLE,
     REPORTS_PUBLIC_URL_ENV,
     REPORTS_PUBLIC_URL_VARIABLE,
+    configured_public_url,
+    configured_reports_base,
+    file_url,
+)
+from batchkit.taxonomy import Tag
+from include.sales.daily_report import (
+    REPORT_DAY_PARAM,
     TREND_DAYS,
     DailySales,
     DayTotals,
     compute_daily_sales,
-    configured_public_url,
-    configured_reports_base,
     deliver_report,
-    file_url,
     read_trend,
     replace_daily_sales,
     report_days,
     report_files,
     write_report_files,
 )
-from batchkit.taxonomy import Tag
 
 ORDERS = table_asset("sales.orders")
 CUSTOMERS = table_asset("crm.customers")
@@ -52,7 +54,7 @@ and a standalone HTML page with the {TREND_DAYS}-day trend, announced once on th
 
 | | |
 |---|---|
-| **Inputs** | `sales.orders` (orders placed that day by `order_ts`, cancelled ones excluded) and `crm.customers` (the customer's country; `unknown` when the customer is missing) — SQL in `include/sql/reports/daily_sales_aggregate.sql` |
+| **Inputs** | `sales.orders` (orders placed that day by `order_ts`, cancelled ones excluded) and `crm.customers` (the customer's country; `unknown` when the customer is missing) — SQL in `include/sales/sql/daily_sales_aggregate.sql` |
 | **Outputs** | `reports.daily_sales` (one row per day and country, the day's rows replaced in one transaction); `<base>/sales_daily/sales_daily_<day>.csv` (one row per country) and `.html` (totals with day-over-day change, a chart of the last {TREND_DAYS} days' orders and revenue, the country table and a day-by-day table; CSS and chart inline, the file stands alone); one JSON POST per day to connection `{REPORTS_WEBHOOK_CONN_ID}` (plus a Slack message on `{REPORTS_SLACK_CONN_ID}` when it has a token) with the numbers, a one-line summary and a link to the HTML — never to an alerts connection |
 | **Schedule** | when both Assets `{ORDERS.uri}` and `{CUSTOMERS.uri}` were updated since the last run (the syncs emit them after their checks) |
 | **Owner** | sales-data |
@@ -128,6 +130,12 @@ overwrites the files, `deliver` skips every day the ledger (`batch_meta.side_eff
   `{REPORT_DAY_PARAM}`, then rerun the later day.
 - Orders under country `unknown`: their customers are not in `crm.customers` yet; check
   `crm_customers_sync`, then rerun the day.
+
+## Code
+The report's logic is `include/sales/daily_report.py` (package `include.sales`, owned by sales-data:
+under include/ rather than dags/, where every file is parsed as a DAG); what every report shares is the
+platform library's (`batchkit.report_files`, `report_charts`, `report_delivery`). `platform_cleanup`
+removes files older than `report_file_days` as `include/sales/retention.py` declares.
 """
 
 

@@ -14,8 +14,12 @@ What goes, and by which clock:
 - rows of batch_meta.quarantine, checkpoints, side_effects (the ledger), alert_log, sent alert_digest
   entries and quality_results older than their
   age (`ROW_RULES`). A ledger row gone means a rerun of that old key would perform its action again.
-- report files of days more than `report_file_days` before the run (the day in the file name, which
-  a rerun does not change, unlike a file's modification time).
+- files the automations declare (`FileRetention`, a tuple FILE_RETENTION in the module
+  include/<domain>/retention.py, found by `declared_file_retention`): a folder under the reports base
+  (batchkit.report_files), how to tell a file's day from its name, and which param gives its age
+  (`report_file_days` by default). Files of days older than that age before the run go (the day in the
+  name, which a rerun does not change, unlike a file's modification time); other files stay. This
+  module knows no automation: each declares its own files next to its code.
 
 Airflow's own metadata is not cleaned here: tasks hold only warehouse credentials, never the metadata
 DB's. `airflow db clean` is operator maintenance (`make db-clean`, or docker compose's `airflow-db-clean`
@@ -24,7 +28,10 @@ service), run as the metadata DB's role.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import importlib
+import importlib.util
+import pkgutil
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -38,11 +45,15 @@ from batchkit.intervals import DataInterval
 from batchkit.load.identifiers import checked_identifier
 from batchkit.load.postgres import TargetSpec, staging_table_name
 from batchkit.observability import get_logger
-from batchkit.report import report_day_of
 
 log = get_logger(__name__)
 
 STAGING_TABLES = "staging_tables"
+# Where automations declare their files: the package include/ (on PYTHONPATH, as for include/contracts),
+# each domain's module include/<domain>/retention.py, its tuple FILE_RETENTION.
+DECLARATIONS_PACKAGE = "include"
+DECLARATIONS_MODULE = "retention"
+DECLARATIONS_ATTRIBUTE = "FILE_RETENTION"
 
 
 @dataclass(frozen=True)
@@ -201,13 +212,91 @@ def sync_targets() -> dict[str, TargetSpec]:
     return {spec.dag_id: spec.target_spec() for spec in specs}
 
 
-def purge_report_files(folder: ObjectStoragePath, *, older_than: date, dry_run: bool) -> int:
-    """Delete (or, dry, count) the report files in `folder` of days before `older_than`; other files stay."""
+@dataclass(frozen=True)
+class FileRetention:
+    """Files an automation leaves under the reports base, declared for platform_cleanup.
+
+    name: who writes them (the DAG id; in logs). folder: their folder under the reports base, relative.
+    day_of: a file name -> the day the file is for, or None for a file that is not one of them (it
+    stays). days_field: the RetentionPolicy field (a platform_cleanup param) giving their age in days.
+    """
+
+    name: str
+    folder: str
+    day_of: Callable[[str], date | None]
+    days_field: str = "report_file_days"
+
+    def __post_init__(self) -> None:
+        parts = self.folder.split("/")
+        if not self.folder or self.folder.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(
+                f"file retention {self.name!r}: folder must be a relative path, got {self.folder!r}"
+            )
+        if self.days_field not in {field.name for field in fields(RetentionPolicy)}:
+            raise ValueError(
+                f"file retention {self.name!r}: days_field {self.days_field!r} is not a RetentionPolicy field"
+            )
+
+
+def declared_file_retention(package: str = DECLARATIONS_PACKAGE) -> tuple[FileRetention, ...]:
+    """Every FILE_RETENTION of the modules <package>.<domain>.retention, by domain; a folder declared
+    twice is an error (its files would be counted, and judged, twice). Imports those modules: call it in
+    a task, not at parse time."""
+    root = importlib.import_module(package)
+    declared: list[FileRetention] = []
+    for info in sorted(pkgutil.iter_modules(root.__path__), key=lambda info: info.name):
+        module_name = f"{package}.{info.name}.{DECLARATIONS_MODULE}"
+        if not info.ispkg or importlib.util.find_spec(module_name) is None:
+            continue
+        entries = getattr(importlib.import_module(module_name), DECLARATIONS_ATTRIBUTE, ())
+        for entry in entries:
+            if not isinstance(entry, FileRetention):
+                raise TypeError(f"{module_name}.{DECLARATIONS_ATTRIBUTE}: not a FileRetention: {entry!r}")
+            declared.append(entry)
+    by_folder: dict[str, str] = {}
+    for entry in declared:
+        if entry.folder in by_folder:
+            raise ValueError(
+                f"folder {entry.folder!r} declared twice for retention: {by_folder[entry.folder]!r}, {entry.name!r}"
+            )
+        by_folder[entry.folder] = entry.name
+    return tuple(declared)
+
+
+def purge_declared_files(
+    base: ObjectStoragePath,
+    policy: RetentionPolicy,
+    *,
+    now: datetime,
+    dry_run: bool,
+    declarations: Sequence[FileRetention] | None = None,
+) -> dict[str, int]:
+    """Purge each declared folder under `base` by its own age; counts by folder URL. `declarations`:
+    declared_file_retention() unless given."""
+    if declarations is None:
+        declarations = declared_file_retention()
+    removed = {}
+    for declaration in declarations:
+        folder = base / declaration.folder
+        removed[str(folder)] = purge_report_files(
+            folder,
+            day_of=declaration.day_of,
+            older_than=policy.cutoff(declaration.days_field, now).date(),
+            dry_run=dry_run,
+        )
+    return removed
+
+
+def purge_report_files(
+    folder: ObjectStoragePath, *, day_of: Callable[[str], date | None], older_than: date, dry_run: bool
+) -> int:
+    """Delete (or, dry, count) the files in `folder` whose `day_of(name)` is before `older_than`; files
+    it gives no day for stay."""
     if not folder.exists():
         return 0
     removed = 0
     for path in sorted(folder.iterdir(), key=str):
-        day = report_day_of(path.name)
+        day = day_of(path.name)
         if day is None or day >= older_than:
             continue
         if not dry_run:

@@ -9,6 +9,7 @@ empties checkpoints, quarantine, the alert log and staging before each test.
 
 from __future__ import annotations
 
+import ast
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -17,15 +18,21 @@ from typing import Any
 import psycopg
 import pytest
 import yaml
+from airflow.sdk import ObjectStoragePath
 from psycopg.types.json import Jsonb
 
 from batchkit.checkpoints import RunIdentity
 from batchkit.intervals import DataInterval
 from batchkit.load.postgres import prepare_staging, stage_rows
-from batchkit.report import REPORT_NAME
-from batchkit.retention import RetentionPolicy
+from batchkit.retention import (
+    FileRetention,
+    RetentionPolicy,
+    declared_file_retention,
+    purge_declared_files,
+)
 from batchkit.sql_files import apply_sql_file
 from batchkit.sync_spec import load_spec, spec_path
+from include.sales.daily_report import REPORT_NAME, report_day_of
 from tests.dagrun import parse_dag, returned, run_dag
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -234,7 +241,13 @@ def test_the_dag_holds_no_metadata_db_access() -> None:
     assert set(dag.task_ids) == set(CLEANUP_TASKS)
     assert "metadata_days" not in dag.params
     settings = yaml.safe_load((REPO_ROOT / "airflow_settings.yaml").read_text())["airflow"]
-    assert [c["conn_id"] for c in settings["connections"] if c["conn_type"] == "postgres"] == ["warehouse"]
+    # A rule, not the inventory: a new source may declare its own Postgres connection (CONTRIBUTING).
+    assert "warehouse" in [c["conn_id"] for c in settings["connections"] if c["conn_type"] == "postgres"]
+    for connection in settings["connections"]:
+        assert "metadata" not in connection["conn_id"], connection["conn_id"]
+        text = " ".join(str(value) for value in connection.values()).upper()
+        for metadata_setting in ("SQL_ALCHEMY", "AIRFLOW__DATABASE", "METADATA"):
+            assert metadata_setting not in text, f"{connection['conn_id']} reads {metadata_setting}"
 
 
 @pytest.mark.slow
@@ -279,3 +292,51 @@ def test_cleanup_removes_exactly_what_is_old_and_a_dry_run_nothing(
         "quality_results": ["-1"],
     }
     assert {p.name for p in (reports_dir / REPORT_NAME).iterdir()} == kept_files
+
+
+def test_report_files_are_purged_as_their_automations_declare_them(tmp_path: Path) -> None:
+    """The platform library knows no automation's files: each declares its own (include/<domain>/
+    retention.py), and the purge takes every declaration with its own folder, parser and age."""
+    retention_source = (REPO_ROOT / "plugins" / "batchkit" / "retention.py").read_text()
+    imported = {
+        node.module
+        for node in ast.walk(ast.parse(retention_source))
+        if isinstance(node, ast.ImportFrom) and node.module
+    }
+    assert not {m for m in imported if m.startswith("include") or m.startswith("batchkit.report")}, imported
+    [sales] = [entry for entry in declared_file_retention() if entry.folder == REPORT_NAME]
+    assert (sales.name, sales.day_of, sales.days_field) == (
+        "sales_daily_report",
+        report_day_of,
+        "report_file_days",
+    )
+
+    with pytest.raises(ValueError, match=r"days_field 'no_such_days' is not a RetentionPolicy field"):
+        FileRetention("x", "x", report_day_of, days_field="no_such_days")
+    with pytest.raises(ValueError, match=r"folder must be a relative path"):
+        FileRetention("x", "../x", report_day_of)
+
+    # Another automation's files: its own folder, name scheme and age (the ledger's here), side by side.
+    def other_day_of(name: str) -> date | None:
+        return date.fromisoformat(name.removeprefix("other-")) if name.startswith("other-") else None
+
+    other = FileRetention("other_report", "other", other_day_of, days_field="ledger_days")
+    policy = RetentionPolicy(report_file_days=10, ledger_days=20)
+    now = datetime(2026, 3, 31, tzinfo=UTC)
+    for folder, names in {
+        REPORT_NAME: [f"{REPORT_NAME}_2026-03-20.csv", f"{REPORT_NAME}_2026-03-22.csv"],
+        "other": ["other-2026-03-10", "other-2026-03-12", f"{REPORT_NAME}_2026-01-01.csv"],
+    }.items():
+        (tmp_path / folder).mkdir()
+        for name in names:
+            (tmp_path / folder / name).write_text("seed\n")
+    base = ObjectStoragePath(tmp_path.as_uri())
+
+    removed = purge_declared_files(base, policy, now=now, dry_run=False, declarations=(sales, other))
+
+    assert removed == {str(base / REPORT_NAME): 1, str(base / "other"): 1}
+    assert sorted(p.name for p in (tmp_path / REPORT_NAME).iterdir()) == [f"{REPORT_NAME}_2026-03-22.csv"]
+    assert sorted(p.name for p in (tmp_path / "other").iterdir()) == [
+        "other-2026-03-12",
+        f"{REPORT_NAME}_2026-01-01.csv",
+    ]

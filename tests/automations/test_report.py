@@ -27,15 +27,16 @@ from typing import Any
 import psycopg
 import pytest
 
-from batchkit.report import (
-    CONTENT_TYPES,
+from batchkit.report_files import CONTENT_TYPES, configured_reports_base, reports_base
+from batchkit.sql_files import apply_sql_file
+from include.sales.daily_report import (
+    REPORT_DDL,
     REPORT_NAME,
     TREND_DAYS,
     Change,
     CountrySales,
     DailySales,
     DayTotals,
-    configured_reports_base,
     days_completed_by,
     deliver_report,
     delivery_key,
@@ -46,11 +47,9 @@ from batchkit.report import (
     report_days,
     report_folder,
     report_link,
-    reports_base,
     summary_line,
     write_report_files,
 )
-from batchkit.sql_files import apply_sql_file
 from tests.dagrun import parse_dag, returned, run_dag
 from tests.upstream import Upstream, running_upstream
 
@@ -221,7 +220,7 @@ def report_dag(airflow_db: str) -> Any:
 @pytest.fixture(autouse=True)
 def empty_reports(clean_slate: None, warehouse: psycopg.Connection) -> None:
     """No report rows and no ledger keys from an earlier test (the sync tables are emptied by conftest)."""
-    apply_sql_file(warehouse, "sql/reports/daily_sales.sql")
+    apply_sql_file(warehouse, REPORT_DDL)
     apply_sql_file(warehouse, "sql/batch_meta/side_effects.sql")
     warehouse.execute("TRUNCATE reports.daily_sales, batch_meta.side_effects")
     with warehouse.cursor() as cur:
@@ -661,9 +660,10 @@ def test_platform_cleanup_purges_old_report_files_from_the_bucket_through_the_re
     # What platform_cleanup's purge_report_files task resolves: the base and its connection, as configured.
     folder = report_folder(configured_reports_base())
 
-    assert purge_report_files(folder, older_than=DAY - timedelta(days=30), dry_run=True) == 2
+    purge = {"day_of": report_day_of, "older_than": DAY - timedelta(days=30)}
+    assert purge_report_files(folder, **purge, dry_run=True) == 2
     assert len(s3_reports.keys()) == 4
-    assert purge_report_files(folder, older_than=DAY - timedelta(days=30), dry_run=False) == 2
+    assert purge_report_files(folder, **purge, dry_run=False) == 2
     assert s3_reports.keys() == sorted(s3_reports.key(kept, fmt) for fmt in ("html", "csv"))
 
 

@@ -1,6 +1,7 @@
 -- The daily sales report (dags/sales/sales_daily_report.py): one row per (UTC day, customer country).
--- A day's rows are replaced together in one transaction (batchkit.report.replace_daily_sales), so a
--- reader sees the old report or the new one, never a mix; a day with no orders has no rows.
+-- A day's rows are replaced together in one transaction (replace_daily_sales in
+-- include/sales/daily_report.py), so a reader sees the old report or the new one, never a mix; a day
+-- with no orders has no rows.
 CREATE SCHEMA IF NOT EXISTS reports;
 
 CREATE TABLE IF NOT EXISTS reports.daily_sales (

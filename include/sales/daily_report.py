@@ -1,25 +1,22 @@
 """The daily sales report as plain functions: which days a run reports, the aggregate, the files, the delivery.
 
-Used by dags/sales/sales_daily_report.py; every function here runs without an Airflow context.
+Used by dags/sales/sales_daily_report.py; every function here runs without an Airflow context. What
+any report shares (where files go, writing them, chart style, delivery through the ledger, retention)
+is the platform library's: batchkit.report_files, batchkit.report_charts, batchkit.report_delivery.
 
 - Which days: a load of [start, end) completes the UTC days whose end (the next midnight) falls in
   (start, end]. The report DAG runs when the syncs' tables change and reports the days completed by the
   sales.orders loads that triggered it (`report_days`); see the DAG's docs for the fallbacks.
-- The aggregate (include/sql/reports/daily_sales_aggregate.sql) replaces the day's rows of
+- The aggregate (include/sales/sql/daily_sales_aggregate.sql) replaces the day's rows of
   reports.daily_sales in ONE transaction, under a lock per day, so a reader or a concurrent run of the
   same day never sees half a report, and a rerun leaves the table as one run would.
-- The files (CSV and HTML) are named after the day only and hold nothing but the day's numbers and the
-  trend of the TREND_DAYS days up to it, so a rerun over unchanged data rewrites byte-identical files in
-  the same place. The HTML stands alone: inline CSS, and the trend chart (matplotlib) as inline SVG
-  rendered with a fixed hash salt and no timestamp, so the same numbers give the same bytes.
-- Where the files go is an ObjectStoragePath (`reports_base`): the Variable `reports_base_path`, else
-  env REPORTS_BASE_PATH, else file://$AIRFLOW_HOME/reports; read by the task, never at parse time.
-  s3:// (AWS or S3-compatible, through the amazon provider and s3fs) authenticates with the connection
-  `reports_conn_id` / REPORTS_CONN_ID; files there carry their content type (CONTENT_TYPES).
-- The delivery is a side effect keyed by the day (`delivery_key`) through batchkit.ledger.perform_once:
-  at most once across retries, clears and reruns, again only with `force=True`. It goes to the reports
-  target (batchkit.alert_channels.send_report: connection `reports_webhook`, plus `reports_slack` when
-  configured), never to an alerts channel, with a one-line summary and a link to the HTML.
+- The files (CSV and HTML, in the folder `sales_daily` under the reports base) are named after the day
+  only and hold nothing but the day's numbers and the trend of the TREND_DAYS days up to it, so a rerun
+  over unchanged data rewrites byte-identical files in the same place. The HTML stands alone: inline
+  CSS, and the trend chart (matplotlib, batchkit.report_charts) as inline SVG.
+- The delivery is keyed by the day (`delivery_key`): at most once across retries, clears and reruns,
+  again only with `force=True`; a one-line summary and a link to the HTML, to the reports target.
+- Retention: include/sales/retention.py declares the files to platform_cleanup (batchkit.retention).
 """
 
 from __future__ import annotations
@@ -27,45 +24,32 @@ from __future__ import annotations
 import csv
 import html
 import io
-import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import psycopg
 from airflow.sdk import ObjectStoragePath
 
-from batchkit.ledger import LedgerOutcome, perform_once
+from batchkit.ledger import LedgerOutcome
+from batchkit.report_charts import chart_style, inline_svg
+from batchkit.report_delivery import deliver_once
+from batchkit.report_files import dated_file_name, day_of_dated_file, public_link, write_files
 from batchkit.sql_files import apply_sql_file, resolve_sql_path
 
-REPORT_DDL = "sql/reports/daily_sales.sql"
-AGGREGATE_SQL = "sql/reports/daily_sales_aggregate.sql"
+# Under include/ (batchkit.sql_files.include_dir), next to this module.
+REPORT_DDL = "sales/sql/daily_sales.sql"
+AGGREGATE_SQL = "sales/sql/daily_sales_aggregate.sql"
+# The report's name: its folder under the reports base, its file names' prefix, its lock's name.
 REPORT_NAME = "sales_daily"
-# Where report files go (any ObjectStoragePath URL): the Airflow Variable, else the environment
-# variable, else file://$AIRFLOW_HOME/reports; read at run time only.
-REPORTS_BASE_VARIABLE = "reports_base_path"
-REPORTS_BASE_ENV = "REPORTS_BASE_PATH"
-# The connection an s3:// (or other remote) base path authenticates with; Variable, else environment.
-REPORTS_CONN_VARIABLE = "reports_conn_id"
-REPORTS_CONN_ENV = "REPORTS_CONN_ID"
-# Where people open the files, when the base path is not browsable itself (e.g. an S3 website or a
-# reverse proxy in front of the reports volume); Variable, else environment.
-REPORTS_PUBLIC_URL_VARIABLE = "reports_public_url"
-REPORTS_PUBLIC_URL_ENV = "REPORTS_PUBLIC_URL"
 REPORT_FORMATS = ("csv", "html")
-# Stored with each file on S3 (and S3-compatible stores), which serve it back as the file's type: without
-# it S3 says binary/octet-stream and a browser opening the link downloads the HTML instead of showing it.
-CONTENT_TYPES = {"csv": "text/csv; charset=utf-8", "html": "text/html; charset=utf-8"}
-_S3_PROTOCOLS = frozenset({"s3", "s3a", "s3n"})
 # Days in the HTML's trend chart and table, ending with the report day.
 TREND_DAYS = 14
 REPORT_DAY_PARAM = "report_day"
 CSV_COLUMNS = ("report_day", "country", "orders", "revenue", "customers")
-_REPORT_FILE_NAME = re.compile(rf"^{REPORT_NAME}_(\d{{4}}-\d{{2}}-\d{{2}})\.(csv|html)$")
 
 
 @dataclass(frozen=True)
@@ -330,44 +314,6 @@ def summary_line(sales: DailySales, trend: Sequence[DayTotals]) -> str:
 # -- the files ---------------------------------------------------------------------------------------
 
 
-def reports_base(
-    configured: str | None,
-    *,
-    conn_id: str | None = None,
-    environ: Mapping[str, str] = os.environ,
-) -> ObjectStoragePath:
-    """Where report files go: `configured` (the Variable's URL), else env REPORTS_BASE_PATH, else
-    file://$AIRFLOW_HOME/reports. Any ObjectStoragePath URL: file:///srv/reports, or an S3-compatible
-    s3://bucket/prefix whose credentials (and endpoint_url for MinIO & co.) come from connection
-    `conn_id` (Variable reports_conn_id / env REPORTS_CONN_ID) or from s3://conn_id@bucket/prefix."""
-    url = configured or environ.get(REPORTS_BASE_ENV) or None
-    if url is None:
-        airflow_home = Path(environ.get("AIRFLOW_HOME") or Path.home() / "airflow")
-        # Not Path.as_uri(): ObjectStoragePath takes the path verbatim and would not unquote a %20.
-        url = f"file://{(airflow_home / 'reports').resolve()}"
-    return ObjectStoragePath(url, conn_id=conn_id) if conn_id else ObjectStoragePath(url)
-
-
-def _setting(variable: str, env: str) -> str | None:
-    from airflow.sdk import Variable
-
-    return Variable.get(variable, default=None) or os.environ.get(env) or None
-
-
-def configured_reports_base() -> ObjectStoragePath:
-    """reports_base() from the Variables (else the environment) as they are now. Call it in a task,
-    never at parse time: it reads Variables."""
-    return reports_base(
-        _setting(REPORTS_BASE_VARIABLE, REPORTS_BASE_ENV),
-        conn_id=_setting(REPORTS_CONN_VARIABLE, REPORTS_CONN_ENV),
-    )
-
-
-def configured_public_url() -> str | None:
-    """The browsable URL of the base path (Variable reports_public_url, else env), or None. In a task."""
-    return _setting(REPORTS_PUBLIC_URL_VARIABLE, REPORTS_PUBLIC_URL_ENV)
-
-
 def report_folder(base: ObjectStoragePath) -> ObjectStoragePath:
     return base / REPORT_NAME
 
@@ -375,36 +321,19 @@ def report_folder(base: ObjectStoragePath) -> ObjectStoragePath:
 def report_files(base: ObjectStoragePath, day: date) -> dict[str, ObjectStoragePath]:
     """The day's files by format; the names depend on the day alone, so a rerun overwrites them."""
     return {
-        file_format: report_folder(base) / f"{REPORT_NAME}_{day.isoformat()}.{file_format}"
+        file_format: report_folder(base) / dated_file_name(REPORT_NAME, day, file_format)
         for file_format in REPORT_FORMATS
     }
 
 
-def file_url(path: ObjectStoragePath) -> str:
-    """The file's URL without a connection id (s3://bucket/key, file:///path, the path not %-quoted)."""
-    return path.as_uri()
-
-
 def report_link(html_url: str, *, public_base: str | None = None) -> str:
-    """What the delivery message links to: under `public_base` (Variable reports_public_url / env
-    REPORTS_PUBLIC_URL, the browsable URL of the base path) when set; a file:// report as its path on
-    the machine that wrote it; otherwise the URL itself (http(s)://, s3://)."""
-    if public_base:
-        return f"{public_base.rstrip('/')}/{REPORT_NAME}/{html_url.rsplit('/', 1)[-1]}"
-    if html_url.startswith("file://"):
-        return html_url.removeprefix("file://")
-    return html_url
+    """What the delivery message links to (batchkit.report_files.public_link in the report's folder)."""
+    return public_link(html_url, folder=REPORT_NAME, public_base=public_base)
 
 
 def report_day_of(file_name: str) -> date | None:
     """The day a report file is for, from its name; None for any other file."""
-    match = _REPORT_FILE_NAME.fullmatch(file_name)
-    if match is None:
-        return None
-    try:
-        return date.fromisoformat(match.group(1))
-    except ValueError:
-        return None
+    return day_of_dated_file(file_name, prefix=REPORT_NAME, formats=REPORT_FORMATS)
 
 
 def render_csv(sales: DailySales) -> str:
@@ -423,9 +352,7 @@ def money(value: Decimal) -> str:
 
 def render_trend_svg(trend: Sequence[DayTotals]) -> str:
     """The trend chart as an inline <svg> element: orders (bars) and revenue (line) per day, the report
-    day highlighted and labelled with its day-over-day change. Deterministic: a fixed hash salt for the
-    element ids, no date metadata, text kept as text (one bundled font)."""
-    from matplotlib import rc_context
+    day highlighted and labelled with its day-over-day change. Deterministic (batchkit.report_charts)."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import StrMethodFormatter
 
@@ -434,15 +361,7 @@ def render_trend_svg(trend: Sequence[DayTotals]) -> str:
     orders = [point.orders or 0 for point in trend]
     revenue = [float(point.revenue) if point.revenue is not None else float("nan") for point in trend]
     change = day_over_day(trend)
-    settings = {
-        "svg.hashsalt": "batchkit-report",
-        "svg.fonttype": "none",
-        "font.family": "DejaVu Sans",
-        "font.size": 9,
-        "axes.spines.top": False,
-        "axes.spines.right": False,
-    }
-    with rc_context(settings):
+    with chart_style():
         figure = Figure(figsize=(8.0, 3.4), layout="constrained")
         bars = figure.add_subplot()
         colors = [_ACCENT if i == len(trend) - 1 else _MUTED for i in x]
@@ -471,11 +390,7 @@ def render_trend_svg(trend: Sequence[DayTotals]) -> str:
             fontsize=9,
         )
         figure.legend(loc="outside lower center", ncols=2, frameon=False)
-        out = io.StringIO()
-        figure.savefig(out, format="svg", metadata={"Date": None})
-    svg = out.getvalue()
-    # Inline in HTML: the <svg> element only, without the XML declaration and DOCTYPE.
-    return svg[svg.index("<svg") :].strip()
+        return inline_svg(figure)
 
 
 def render_html(sales: DailySales, trend: Sequence[DayTotals] = ()) -> str:
@@ -620,19 +535,7 @@ def write_report_files(
     base: ObjectStoragePath, sales: DailySales, trend: Sequence[DayTotals] = ()
 ) -> dict[str, str]:
     """Write the day's CSV and HTML (overwriting a previous run's); returns their URLs by format."""
-    contents = render_report(sales, trend)
-    written = {}
-    for file_format, path in report_files(base, sales.day).items():
-        if path.protocol in _S3_PROTOCOLS:
-            # No folders on S3, and s3fs's mkdir would create a missing bucket (a mistyped name too): the
-            # upload fails on it instead. One PutObject per file, with its ContentType, replaced whole.
-            with path.open("w", encoding="utf-8", ContentType=CONTENT_TYPES[file_format]) as out:
-                out.write(contents[file_format])
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(contents[file_format], encoding="utf-8")
-        written[file_format] = file_url(path)
-    return written
+    return write_files(report_files(base, sales.day), render_report(sales, trend))
 
 
 # -- the delivery ------------------------------------------------------------------------------------
@@ -670,16 +573,16 @@ def deliver_report(
 ) -> LedgerOutcome:
     """Send the day's report to the reports target unless the ledger says it was sent; `force` sends
     again. `send` is batchkit.alert_channels.send_report unless given (tests)."""
-    if send is None:
-        from batchkit.alert_channels import send_report as send
-
     summary = summary_line(sales, trend)
     link = report_link(files["html"], public_base=public_base)
     payload = delivery_payload(sales, files, summary=summary, link=link, trend=trend)
-    return perform_once(
+    return deliver_once(
         conn,
         delivery_key(sales.day),
-        lambda: send(payload, summary=f"{summary} — {link}", link=link if "://" in link else None),
+        payload,
+        summary=summary,
+        link=link,
         force=force,
         dry_run=dry_run,
+        send=send,
     )
