@@ -117,7 +117,7 @@ import-errors: $(INSTALLED) ## list DAG files that fail to import (exit 1 if any
 silence: $(INSTALLED) ## hold alerts: DAG=.. HOURS=.. REASON=".." [TASK=like-pattern]
 	PYTHONPATH=plugins $(BIN)/python -m tools.silence '$(DAG)' --hours '$(HOURS)' --reason '$(REASON)' $(if $(TASK),--task '$(TASK)')
 
-new-sync: $(INSTALLED) ## scaffold a YAML sync: NAME=.. [DOMAIN=..] [OWNER=..] [RESOURCE=orders|customers]
+new-sync: $(INSTALLED) ## scaffold a YAML sync (and regenerate docs/dags.md): NAME=.. [DOMAIN=..] [OWNER=..] [RESOURCE=orders|customers]
 	$(BIN)/python -m tools.new_sync '$(NAME)' $(if $(DOMAIN),--domain '$(DOMAIN)') $(if $(OWNER),--owner '$(OWNER)') $(if $(RESOURCE),--resource '$(RESOURCE)')
 
 catalog: $(INSTALLED) ## regenerate docs/dags.md, the DAG catalog (CI fails while it is stale)

@@ -104,6 +104,45 @@ def test_the_repo_sync_files_validate(path: Path) -> None:
             "retry_delay_seconds: Input should be greater than or equal to 1",
             id="zero_retry_delay",
         ),
+        # records_field: the one style whose default is not `data` must state it; a style that reads a
+        # field from the body cannot have the body itself as the record list; a path has no empty step.
+        pytest.param(
+            "source.pagination",
+            {"style": "link_header", "size_param": "page_size", "page_size": 100},
+            "source.pagination: Value error, link_header pagination needs records_field stated",
+            id="link_header_without_records_field",
+        ),
+        pytest.param(
+            "source.pagination",
+            {"style": "cursor", "cursor_field": "meta.next", "records_field": None},
+            "source.pagination.cursor: Value error, records_field is null (the body is the record array) "
+            "but cursor pagination reads cursor_field 'meta.next' from the body",
+            id="cursor_with_the_body_as_records",
+        ),
+        pytest.param(
+            "source.pagination",
+            {"style": "page_number", "total_pages_field": "total_pages", "records_field": None},
+            "source.pagination.page_number: Value error, records_field is null",
+            id="page_total_with_the_body_as_records",
+        ),
+        pytest.param(
+            "source.pagination",
+            {"style": "offset", "total_field": "total", "records_field": None},
+            "but offset pagination reads total_field 'total' from the body",
+            id="offset_total_with_the_body_as_records",
+        ),
+        pytest.param(
+            "source.pagination",
+            {"style": "offset", "records_field": "data..items"},
+            "source.pagination.offset.records_field: String should match pattern",
+            id="records_field_with_an_empty_step",
+        ),
+        pytest.param(
+            "source.pagination",
+            {"style": "link", "records_field": None},
+            "source.pagination: Input tag 'link' found using 'style' does not match any of the expected tags",
+            id="unknown_pagination_style",
+        ),
     ],
 )
 def test_an_invalid_sync_file_is_refused_naming_the_file_and_field(
@@ -117,6 +156,25 @@ def test_an_invalid_sync_file_is_refused_naming_the_file_and_field(
     message = str(refused.value)
     assert message.startswith(f"{path}: ")
     assert named_in_error in message
+
+
+@pytest.mark.parametrize(
+    ("pagination", "records_field"),
+    [
+        ({"style": "page_number"}, "data"),
+        ({"style": "offset", "total_field": "total_records"}, "data"),
+        ({"style": "cursor", "cursor_field": "meta.next", "records_field": "items"}, "items"),
+        ({"style": "link_header", "records_field": None}, None),
+        ({"style": "link_header", "records_field": "data"}, "data"),
+        ({"style": "page_number", "records_field": None}, None),
+    ],
+)
+def test_records_field_is_data_unless_the_file_states_it(
+    tmp_path: Path, pagination: dict[str, Any], records_field: str | None
+) -> None:
+    path = write_spec(tmp_path, DAG_ID, with_field(declared(), "source.pagination", pagination))
+
+    assert load_spec(path).source.pagination.records_field == records_field
 
 
 def test_a_dag_id_that_is_not_the_file_name_is_refused(tmp_path: Path) -> None:

@@ -33,26 +33,28 @@ REPO_ENV = {
     "DEMO_API_URL": "http://127.0.0.1:8081",
     "DEMO_API_TOKEN": "demo-test-token",
 }
-REPO_IDS = {
-    "connection": (
-        "conn_id",
-        [
-            "warehouse",
-            "demo_api",
-            "alerts_webhook",
-            "alerts_slack",
-            "alerts_smtp",
-            "reports_webhook",
-            "reports_slack",
-        ],
-    ),
-    "slot_pool": ("pool", ["demo_api", "warehouse"]),
-    "variable": ("key", ["batch_alert_dedup_minutes", "batch_alert_email_to"]),
+# The metadata table of each section, its id column, and the file's key for that id. The repo file's
+# inventory is read from the file, never pinned here: declaring a connection, pool or variable (as
+# CONTRIBUTING says to for a new source) must not break these tests; the rules below check it instead.
+SECTIONS = {
+    "connection": ("conn_id", "connections", "conn_id"),
+    "slot_pool": ("pool", "pools", "pool_name"),
+    "variable": ("key", "variables", "variable_name"),
 }
 # The key the applier encrypts passwords, extras and variables with, so the tests can read them back.
 FERNET_KEY = Fernet.generate_key().decode()
 SECRET_KEY = re.compile(r"password|secret|token|api[_-]?key|authorization", re.I)
 BARE_REFERENCE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(:-)?\}")
+
+
+def repo_document() -> dict[str, Any]:
+    return yaml.safe_load(REPO_SETTINGS.read_text())["airflow"]
+
+
+def repo_ids(table: str) -> list[str]:
+    """The ids the repo file declares for one metadata table (connection, slot_pool, variable)."""
+    _, section, key = SECTIONS[table]
+    return [entry[key] for entry in repo_document().get(section) or []]
 
 
 def write_settings(path: Path, body: str) -> Path:
@@ -97,11 +99,16 @@ def test_repo_file_resolves_from_the_environment() -> None:
     assert connections["demo_api"].conn_password == "demo-test-token"
     assert connections["demo_api"].conn_extra == {"timeout": 30, "requests_per_second": 5}
     assert connections["alerts_webhook"].conn_host == "http://127.0.0.1:8081/alerts"
-    assert {p.pool_name: p.pool_slot for p in settings.entries["pools"]} == {"demo_api": 2, "warehouse": 4}
-    assert {v.variable_name: v.variable_value for v in settings.entries["variables"]} == {
-        "batch_alert_dedup_minutes": "60",
-        "batch_alert_email_to": "",  # ${ALERTS_EMAIL_TO:-}: nobody, so tier:3 falls back to the pager
-    }
+    pools = {p.pool_name: p.pool_slot for p in settings.entries["pools"]}
+    assert (pools["demo_api"], pools["warehouse"]) == (2, 4)
+    variables = {v.variable_name: v.variable_value for v in settings.entries["variables"]}
+    assert variables["batch_alert_dedup_minutes"] == "60"
+    # ${ALERTS_EMAIL_TO:-}: nobody, so tier:3 falls back to the pager.
+    assert variables["batch_alert_email_to"] == ""
+    # Every entry of the file resolved, whatever the file declares.
+    assert sorted(connections) == sorted(repo_ids("connection"))
+    assert sorted(pools) == sorted(repo_ids("slot_pool"))
+    assert sorted(variables) == sorted(repo_ids("variable"))
     # Slack, email and the reports' Slack are off until their token/host is set (skipped, not errors).
     assert connections["alerts_slack"].conn_password is None
     assert connections["alerts_smtp"].conn_host is None
@@ -130,6 +137,104 @@ def test_repo_file_writes_no_secret_inline() -> None:
         assert BARE_REFERENCE.fullmatch(value), f"{key} holds a literal: {value!r}"
 
 
+def test_every_repo_entry_is_complete() -> None:
+    """Rules for any entry, present or future: a connection type, pool slots with a description."""
+    document = repo_document()
+    for connection in document["connections"]:
+        assert connection.get("conn_type"), f"connection {connection['conn_id']} has no conn_type"
+    for pool in document["pools"]:
+        assert isinstance(pool.get("pool_slot"), int), pool
+        assert pool["pool_slot"] >= 1, pool
+        assert pool.get("pool_description"), f"pool {pool['pool_name']} has no pool_description"
+    for table in SECTIONS:
+        ids = repo_ids(table)
+        assert len(ids) == len(set(ids)), f"{table}: duplicate ids in {ids}"
+
+
+@pytest.fixture(scope="module")
+def repo_dags() -> list[Any]:
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=REPO_ROOT / "dags")
+    assert not bag.import_errors, bag.import_errors
+    assert bag.dags, "no DAGs parsed: nothing to check against the settings file"
+    return list(bag.dags.values())
+
+
+def used_connections_and_pools(dags: list[Any]) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """conn_id -> and pool -> who uses it: every sync file, every DAG task, the alert and report routes."""
+    import batchkit.alert_channels
+    import batchkit.alerts
+    from batchkit.sync_spec import automations_dir, load_spec
+
+    connections: dict[str, set[str]] = {}
+    pools: dict[str, set[str]] = {}
+    for path in sorted(automations_dir().glob("*.yaml")):
+        spec = load_spec(path)
+        where = f"include/automations/{path.name}"
+        for field, conn_id in (
+            ("source.conn_id", spec.source.conn_id),
+            ("target.conn_id", spec.target.conn_id),
+            ("alerts.webhook_conn_id", spec.alerts.webhook_conn_id),
+            ("alerts.slack_conn_id", spec.alerts.slack_conn_id),
+            ("alerts.smtp_conn_id", spec.alerts.smtp_conn_id),
+        ):
+            connections.setdefault(conn_id, set()).add(f"{where} {field}")
+        for field, pool in (("source.pool", spec.source.pool), ("target.pool", spec.target.pool)):
+            pools.setdefault(pool, set()).add(f"{where} {field}")
+    for dag in dags:
+        for task in dag.tasks:
+            where = f"{dag.dag_id}.{task.task_id}"
+            if task.pool != "default_pool":
+                pools.setdefault(task.pool, set()).add(where)
+            for attribute in dir(task):
+                if attribute.endswith("conn_id") and not attribute.startswith("_"):
+                    value = getattr(task, attribute, None)
+                    if isinstance(value, str) and value:
+                        connections.setdefault(value, set()).add(f"{where}.{attribute}")
+    for module in (batchkit.alerts, batchkit.alert_channels):
+        for name, value in vars(module).items():
+            if name.endswith("_CONN_ID") and isinstance(value, str):
+                connections.setdefault(value, set()).add(f"{module.__name__}.{name}")
+    return connections, pools
+
+
+def test_every_connection_and_pool_in_use_is_declared(repo_dags: list[Any]) -> None:
+    connections, pools = used_connections_and_pools(repo_dags)
+    # The rule must have something to check: the syncs' source and warehouse connections and pools.
+    assert {"warehouse", "demo_api"} <= set(connections)
+    assert {"warehouse", "demo_api"} <= set(pools)
+
+    undeclared_connections = {
+        c: sorted(users) for c, users in connections.items() if c not in repo_ids("connection")
+    }
+    undeclared_pools = {p: sorted(users) for p, users in pools.items() if p not in repo_ids("slot_pool")}
+    assert undeclared_connections == {}, (
+        f"used but not declared in airflow_settings.yaml: {undeclared_connections}"
+    )
+    assert undeclared_pools == {}, f"used but not declared in airflow_settings.yaml: {undeclared_pools}"
+
+
+def test_the_rules_catch_an_undeclared_connection_and_pool(repo_dags: list[Any], tmp_path: Path) -> None:
+    """A sync naming a connection and pool the settings file lacks is what the rule above reports."""
+    include = tmp_path / "include"
+    include.mkdir()
+    for folder in ("contracts", "sql"):
+        (include / folder).symlink_to(REPO_ROOT / "include" / folder)
+    (include / "automations").mkdir()
+    document = yaml.safe_load((REPO_ROOT / "include/automations/sales_orders_sync.yaml").read_text())
+    document["dag_id"] = "sales_probe_sync"
+    document["source"].update(conn_id="probe_api", pool="probe_api")
+    (include / "automations" / "sales_probe_sync.yaml").write_text(yaml.safe_dump(document))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BATCHKIT_INCLUDE_DIR", str(include))
+        connections, pools = used_connections_and_pools(repo_dags)
+
+    assert "probe_api" not in repo_ids("connection")
+    assert connections["probe_api"] == {"include/automations/sales_probe_sync.yaml source.conn_id"}
+    assert pools["probe_api"] == {"include/automations/sales_probe_sync.yaml source.pool"}
+
+
 def test_check_validates_the_repo_file_without_a_database() -> None:
     # A metadata DB nobody listens on: `check` must not need one.
     result = run_cli(
@@ -138,7 +243,7 @@ def test_check_validates_the_repo_file_without_a_database() -> None:
         AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="postgresql+psycopg2://nobody@127.0.0.1:9/none",
     )
     assert result.returncode == 0, result.stderr
-    counts = {kind: len(ids) for kind, (_, ids) in REPO_IDS.items()}
+    counts = {table: len(repo_ids(table)) for table in SECTIONS}
     assert (
         f"{REPO_SETTINGS}: valid ({counts['connection']} connections, {counts['slot_pool']} pools, "
         f"{counts['variable']} variables)" in result.stdout
@@ -359,17 +464,17 @@ def snapshot(conn: psycopg.Connection) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of the three tables, raw (encrypted values included): any write shows up."""
     return {
         table: conn.execute(sql.SQL("SELECT * FROM {} ORDER BY id").format(sql.Identifier(table))).fetchall()
-        for table in REPO_IDS
+        for table in SECTIONS
     }
 
 
 def delete_rows_of_these_tests(conn: psycopg.Connection) -> None:
-    for table, (id_column, repo_ids) in REPO_IDS.items():
+    for table, (id_column, _, _) in SECTIONS.items():
         conn.execute(
             sql.SQL("DELETE FROM {} WHERE {id} = ANY(%s) OR {id} LIKE 'probe\\_%%'").format(
                 sql.Identifier(table), id=sql.Identifier(id_column)
             ),
-            (repo_ids,),
+            (repo_ids(table),),
         )
 
 
@@ -408,13 +513,14 @@ def decrypted(value: str | None, is_encrypted: bool) -> str | None:
 
 
 def test_apply_creates_the_rows_and_a_second_apply_changes_nothing(metadata_db: psycopg.Connection) -> None:
+    counts = {table: len(repo_ids(table)) for table in SECTIONS}
     first = run_cli("apply", REPO_SETTINGS)
     assert first.returncode == 0, first.stderr
     assert (
-        f"applied {REPO_SETTINGS}: connections {len(REPO_IDS['connection'][1])} created, 0 updated, "
-        f"0 unchanged; pools {len(REPO_IDS['slot_pool'][1])} created, " in first.stdout
+        f"applied {REPO_SETTINGS}: connections {counts['connection']} created, 0 updated, "
+        f"0 unchanged; pools {counts['slot_pool']} created, " in first.stdout
     )
-    assert f"variables {len(REPO_IDS['variable'][1])} created, 0 updated, 0 unchanged" in first.stdout
+    assert f"variables {counts['variable']} created, 0 updated, 0 unchanged" in first.stdout
     assert read_connection(metadata_db, "warehouse") == (
         "postgres",
         "127.0.0.1",
@@ -444,9 +550,9 @@ def test_apply_creates_the_rows_and_a_second_apply_changes_nothing(metadata_db: 
     second = run_cli("apply", REPO_SETTINGS)
     assert second.returncode == 0, second.stderr
     assert (
-        f"applied {REPO_SETTINGS}: connections 0 created, 0 updated, {len(REPO_IDS['connection'][1])} "
-        f"unchanged; pools 0 created, 0 updated, {len(REPO_IDS['slot_pool'][1])} unchanged; "
-        f"variables 0 created, 0 updated, {len(REPO_IDS['variable'][1])} unchanged"
+        f"applied {REPO_SETTINGS}: connections 0 created, 0 updated, {counts['connection']} "
+        f"unchanged; pools 0 created, 0 updated, {counts['slot_pool']} unchanged; "
+        f"variables 0 created, 0 updated, {counts['variable']} unchanged"
     ) in second.stdout
     assert snapshot(metadata_db) == after_first
 
