@@ -39,13 +39,13 @@ import psycopg
 
 from bench.common import write_result
 from tests.upstream import running_upstream
+from tools import REPO_ROOT
 from tools.airflow_api import AirflowApi, wait_for
 from tools.airflow_env import ADMIN_USER
 from tools.demo_upstream import DEFAULT_PER_DAY, Volumes, select
 from tools.metadb import PgServer, drop_database, ensure_database
 from tools.stack import AirflowStack
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 SYNC = "sales_orders_sync"
 NOOP = "bench_noop_sync_shape"

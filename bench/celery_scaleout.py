@@ -58,6 +58,7 @@ import psycopg
 from bench.backfill_vs_noop import FIRST_LOGICAL_DATE, free_port, parse_time, settle, timed_backfill
 from bench.common import machine, write_result
 from tests.upstream import Upstream, running_upstream
+from tools import REPO_ROOT
 from tools.airflow_api import AirflowApi
 from tools.airflow_env import ADMIN_USER
 from tools.broker import EmbeddedRedis
@@ -65,7 +66,6 @@ from tools.demo_upstream import DEFAULT_PER_DAY, Volumes, select
 from tools.metadb import PgServer, drop_database, ensure_database
 from tools.stack import AirflowStack, CeleryCluster, parse_worker_queues
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 SYNC = "sales_orders_sync"
 DAG_FILE = f"dags/sales/{SYNC}.py"

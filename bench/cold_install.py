@@ -8,13 +8,12 @@ Runs with the system Python, before any venv exists.
 from __future__ import annotations
 
 import subprocess
-import sys
 import tempfile
 import time
 import venv
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tools import REPO_ROOT
 
 
 def _dir_mib(path: Path) -> float:
@@ -56,7 +55,6 @@ def main() -> None:
         "packages": count,
         "venv_size_mib": round(size),
     }
-    sys.path.insert(0, str(REPO_ROOT))
     from bench.common import write_result
 
     write_result("cold_install", figures)

@@ -30,20 +30,16 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from operator import attrgetter
-from pathlib import Path
 from typing import Annotated, Any, Self
 
 import msgspec
 import psycopg
 from pydantic import AwareDatetime, BeforeValidator, Field, StringConstraints, model_validator
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT / "plugins"))
-
-from bench.common import write_result  # noqa: E402
-from include.contracts import RecordId, SourceRecord  # noqa: E402
-from include.contracts.orders import TARGET, Order  # noqa: E402
-from tools.demo_upstream import Volumes, select  # noqa: E402
+from bench.common import write_result
+from include.contracts import RecordId, SourceRecord
+from include.contracts.orders import TARGET, Order
+from tools.demo_upstream import Volumes, select
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DAY = datetime(2024, 5, 1, tzinfo=UTC)

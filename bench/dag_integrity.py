@@ -29,8 +29,8 @@ from datetime import date
 from pathlib import Path
 
 from bench.parse_time import DAGS_DIR, UNREACHABLE_DB, dag_files, probe, probe_many
+from tools import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DAGBAG_SCRIPT = (
     "import sys, time\n"
     "from airflow.dag_processing.dagbag import DagBag\n"

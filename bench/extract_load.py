@@ -7,7 +7,7 @@ the server in $BENCH_PG_URL (default postgresql://postgres@127.0.0.1:5432/postgr
 orders of one UTC day into sales.orders, the day holding exactly N records (`?per_day=N`; checked
 with tools.demo_upstream.select), read from /v1/cursor/orders in pages of --page-size:
 
-  library  batchkit.sync.sync_interval with fetch_pages = RestApiHook.iter_pages, wired as
+  library  batchkit.sync stage_interval + merge_interval with fetch_pages = RestApiHook.iter_pages, wired as
            StageIntervalOperator wires them (RestApiHook on the env-var connection AIRFLOW_CONN_DEMO_API,
            WarehouseHook's autocommit connection), without Airflow's task context: contract
            validation, quarantine, a checkpoint per page, binary COPY into staging, upsert merge;
@@ -47,23 +47,23 @@ import psycopg
 import requests
 from psycopg import sql
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-# Airflow components put plugins/ on sys.path, and Airflow reads its environment when first imported.
-sys.path.insert(0, str(REPO_ROOT / "plugins"))
+from tools import REPO_ROOT
+
+# Airflow reads its environment when first imported (bench/__init__.py put plugins/ on sys.path).
 os.environ.setdefault("AIRFLOW_HOME", str(Path(tempfile.gettempdir()) / "bench-extract-load-airflow"))
 
-from bench.common import write_result  # noqa: E402
-from include.contracts.orders import CONTRACT, TARGET  # noqa: E402
-from tests.upstream import Upstream, running_upstream  # noqa: E402
-from tools.demo_upstream import Volumes, select  # noqa: E402
-from tools.metadb import PgServer, drop_database, ensure_database  # noqa: E402
+from bench.common import write_result
+from include.contracts.orders import CONTRACT, TARGET
+from tests.upstream import Upstream, running_upstream
+from tools.demo_upstream import Volumes, select
+from tools.metadb import PgServer, drop_database, ensure_database
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 ENDPOINT = "/v1/cursor/orders"
 DAY = datetime(2024, 5, 1, tzinfo=UTC)
 API_CONN_ID = "demo_api"
 WAREHOUSE_CONN_ID = "bench_warehouse"
-DAG_ID, TASK_ID = "bench_extract_load", "extract_stage"
+DAG_ID, SYNC_KEY = "bench_extract_load", "extract_stage"
 PATHS = ("library", "bare")
 TARGETS = {"library_records_per_s": 50_000, "library_to_bare": 0.5, "rss_largest_to_smallest": 1.25}
 
@@ -94,21 +94,21 @@ def run_library(records: int, page_size: int) -> tuple[float, int]:
     from batchkit.hooks.rest_api import RestApiHook
     from batchkit.hooks.warehouse import WarehouseHook
     from batchkit.intervals import DataInterval
-    from batchkit.sync import sync_interval
+    from batchkit.sync import merge_interval, stage_interval
 
     query = interval_query(records)
     pagination = CursorPagination(
         cursor_param="cursor", cursor_field="next_cursor", size_param="limit", page_size=page_size
     )
     identity = RunIdentity(
-        DAG_ID, TASK_ID, f"bench__{uuid.uuid4().hex}", DataInterval(DAY, DAY + timedelta(days=1))
+        DAG_ID, SYNC_KEY, f"bench__{uuid.uuid4().hex}", DataInterval(DAY, DAY + timedelta(days=1))
     )
     with (
         RestApiHook(http_conn_id=API_CONN_ID) as api,
         WarehouseHook(postgres_conn_id=WAREHOUSE_CONN_ID).autocommit_connection() as conn,
     ):
         started = time.perf_counter()
-        result = sync_interval(
+        stage_interval(
             conn,
             target=TARGET,
             contract=CONTRACT,
@@ -117,6 +117,7 @@ def run_library(records: int, page_size: int) -> tuple[float, int]:
                 ENDPOINT, pagination=pagination, params=query, resume_from=state
             ),
         )
+        result = merge_interval(conn, target=TARGET, identity=identity)
         seconds = time.perf_counter() - started
     if (result.received, result.inserted, result.quarantined) != (records, records, 0):
         raise RuntimeError(f"library run did not insert {records} records: {result}")

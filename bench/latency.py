@@ -5,8 +5,8 @@
 The demo upstream (its own process) answers every data request after `--delay` seconds (its `slow`
 fault, every request), in pages of `--page-size` records; one UTC day holds exactly `--records` orders.
 Each run is the library path end to end, as StageIntervalOperator wires it: RestApiHook.iter_pages ->
-batchkit.sync.sync_interval (contract validation, a checkpoint per page, COPY into staging, upsert
-merge) into sales.orders of a throwaway database on $BENCH_PG_URL. Two clocks: the stage phase (first request
+batchkit.sync stage_interval + merge_interval (contract validation, a checkpoint per page, COPY into
+staging, upsert merge) into sales.orders of a throwaway database on $BENCH_PG_URL. Two clocks: the stage phase (first request
 to the last page's commit: what fetching ahead overlaps) and the whole sync (to the merge's commit; the
 merge of N rows is the same work whatever the source's latency).
 
@@ -37,16 +37,14 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-# Airflow components put plugins/ on sys.path, and Airflow reads its environment when first imported.
-sys.path.insert(0, str(REPO_ROOT / "plugins"))
+# Airflow reads its environment when first imported (bench/__init__.py put plugins/ on sys.path).
 os.environ.setdefault("AIRFLOW_HOME", str(Path(tempfile.gettempdir()) / "bench-latency-airflow"))
 
-from bench.common import write_result  # noqa: E402
-from bench.extract_load import interval_query, reset_warehouse  # noqa: E402
-from include.contracts.orders import CONTRACT, TARGET  # noqa: E402
-from tests.upstream import running_upstream  # noqa: E402
-from tools.metadb import PgServer, drop_database, ensure_database  # noqa: E402
+from bench.common import write_result
+from bench.extract_load import interval_query, reset_warehouse
+from include.contracts.orders import CONTRACT, TARGET
+from tests.upstream import running_upstream
+from tools.metadb import PgServer, drop_database, ensure_database
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 API_CONN_ID, WAREHOUSE_CONN_ID = "demo_api", "bench_warehouse"

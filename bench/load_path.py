@@ -16,7 +16,7 @@ postgresql://postgres@127.0.0.1:5432/postgres), into sales.orders as include/sql
                   sizes). PostgresHook declares supports_executemany, so every call goes through
                   cursor.executemany, which psycopg 3 pipelines; the upsert form (replace=True) is
                   reported too;
-  (d) sync        batchkit.sync.sync_interval end to end on --sync-rows records as JSON-like dicts:
+  (d) sync        batchkit.sync stage_interval + merge_interval end to end on --sync-rows records as JSON-like dicts:
                   pydantic contract, quarantine, checkpoint per page, merge (context, not a target).
 
 (a) and (b) alternate --repeats times after a CHECKPOINT each, and the medians are compared.
@@ -38,20 +38,18 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-# Airflow components put plugins/ on sys.path, and Airflow reads its environment when first imported.
-sys.path.insert(0, str(REPO_ROOT / "plugins"))
+# Airflow reads its environment when first imported (bench/__init__.py put plugins/ on sys.path).
 os.environ.setdefault("AIRFLOW_HOME", str(Path(tempfile.gettempdir()) / "bench-load-path-airflow"))
 
-from batchkit.checkpoints import RunIdentity  # noqa: E402
-from batchkit.intervals import DataInterval  # noqa: E402
-from batchkit.load.identifiers import checked_columns, checked_identifier  # noqa: E402
-from batchkit.load.postgres import MergeCounts, merge_staging, prepare_staging, stage_rows  # noqa: E402
-from batchkit.pages import Page  # noqa: E402
-from batchkit.sync import sync_interval  # noqa: E402
-from bench.common import write_result  # noqa: E402
-from include.contracts.orders import CONTRACT, TARGET  # noqa: E402
-from tools.metadb import PgServer, drop_database, ensure_database  # noqa: E402
+from batchkit.checkpoints import RunIdentity
+from batchkit.intervals import DataInterval
+from batchkit.load.identifiers import checked_columns, checked_identifier
+from batchkit.load.postgres import MergeCounts, merge_staging, prepare_staging, stage_rows
+from batchkit.pages import Page
+from batchkit.sync import merge_interval, stage_interval
+from bench.common import write_result
+from include.contracts.orders import CONTRACT, TARGET
+from tools.metadb import PgServer, drop_database, ensure_database
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 INTERVAL = DataInterval(datetime(2024, 5, 1, tzinfo=UTC), datetime(2024, 5, 2, tzinfo=UTC))
@@ -140,7 +138,8 @@ def time_sync(conn: psycopg.Connection, records: list[dict], page_rows: int) -> 
 
     identity = RunIdentity("bench_load_path", "sync", "bench", INTERVAL)
     started = time.perf_counter()
-    result = sync_interval(conn, target=TARGET, contract=CONTRACT, identity=identity, fetch_pages=fetch_pages)
+    stage_interval(conn, target=TARGET, contract=CONTRACT, identity=identity, fetch_pages=fetch_pages)
+    result = merge_interval(conn, target=TARGET, identity=identity)
     elapsed = time.perf_counter() - started
     assert result.inserted == len(records), result
     return elapsed

@@ -32,13 +32,13 @@ import time
 from datetime import date
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tools import REPO_ROOT
+
 UNREACHABLE_DB = "postgresql+psycopg2://nobody@127.0.0.1:1/none?connect_timeout=1"
 
 
 def generate(root: Path, count: int) -> list[Path]:
     """`count` scaffolded syncs under `root` (alternating the demo resources); returns the DAG files."""
-    sys.path.insert(0, str(REPO_ROOT))
     from tools.new_sync import plan, write
 
     (root / "include" / "contracts").mkdir(parents=True, exist_ok=True)

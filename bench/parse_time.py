@@ -22,7 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tools import REPO_ROOT
+
 DAGS_DIR = REPO_ROOT / "dags"
 # Backed by BENCHMARKS.md: the slowest file parses in a small fraction of this on the CI machine; the
 # headroom absorbs a loaded 2-core runner. A file over budget is doing real work at parse time.

@@ -10,14 +10,14 @@ Loopback part: the demo upstream (its own process) serves one UTC day holding ex
 pages of --page-size (`/v1/cursor/orders`, pages served warm); each side loads them into Postgres (a
 throwaway database on $BENCH_PG_URL) with merge on order_id, into an empty table:
 
-  library      RestApiHook.iter_pages -> batchkit.sync.sync_interval (contract validation, a checkpoint
-               per page, COPY into staging, upsert merge), in this process
+  library      RestApiHook.iter_pages -> batchkit.sync stage_interval + merge_interval (contract
+               validation, a checkpoint per page, COPY into staging, upsert merge), in this process
   dlt_default  dlt.sources.rest_api (cursor paginator, primary_key order_id, write_disposition merge,
                column hints: order_ts/updated_at timestamp, amount decimal) -> dlt's postgres destination,
                default loader (insert_values), in a fresh dlt-venv interpreter
   dlt_csv      the same with loader_file_format="csv" (dlt's COPY loader)
 
-The clock runs around the load alone (after imports and set-up): sync_interval for the library,
+The clock runs around the load alone (after imports and set-up): stage + merge for the library,
 pipeline.run (extract + normalize + load) for dlt. Sides alternate within each repeat (order reversed
 every other repeat), so their ratios share the machine's load.
 
@@ -41,7 +41,6 @@ import sys
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DLT_VENV = Path(os.environ.get("DLT_VENV", "/tmp/dlt-venv"))
 DLT_SCHEMA = "dlt_sales"
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import yaml
 
+from tools import REPO_ROOT
 from tools.metadb import PgServer
 
-WORKFLOW = Path(__file__).resolve().parent.parent / ".github" / "workflows" / "ci.yml"
+WORKFLOW = REPO_ROOT / ".github" / "workflows" / "ci.yml"
 
 
 def _workflow() -> dict:

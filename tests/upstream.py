@@ -20,12 +20,12 @@ import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import requests
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tools import REPO_ROOT
+
 START_TIMEOUT_SECONDS = 15
 
 

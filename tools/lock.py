@@ -6,13 +6,14 @@ own full lock. Resolution happens in a throwaway venv so the result does not dep
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 import tempfile
 import venv
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tools import REPO_ROOT
 
 HEADER = """\
 # Full resolved lock for requirements.txt + requirements-dev.txt (Python 3.11, Linux x86_64).
@@ -21,7 +22,9 @@ HEADER = """\
 """
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    # A parser even without options: `--help` (or a typo) must never re-resolve and rewrite the lock.
+    argparse.ArgumentParser(prog="python -m tools.lock", description=__doc__.splitlines()[0]).parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="lock-venv-") as tmp:
         venv.create(tmp, with_pip=True)
         python = str(Path(tmp) / "bin" / "python")

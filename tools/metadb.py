@@ -24,7 +24,8 @@ import psycopg
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tools import REPO_ROOT
+
 LOCAL_DIR = REPO_ROOT / ".local"
 # The embedded server's superuser, and the OS user the library runs the server as when started by root.
 SUPERUSER = "postgres"

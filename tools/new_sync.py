@@ -16,27 +16,35 @@ through the `demo_api` connection and pool; <table> is NAME without its `D_` pre
 The domain defaults to NAME's first word when that is a taxonomy domain. Nothing is written when NAME is
 not a valid dag_id, when any of the files (or a DAG file of that name in another domain) exists, or when
 the generated YAML would not validate.
+
+`schedule.start_date` is the first day of the month 30 days before today (default_start_date): a fixed
+date, so `make dag-test` can run any interval from then on (a DAG has no task instances for a logical
+date before its start_date, and `airflow dags test` of such a date "succeeds" having run nothing). The
+scaffold prints the exact `make dag-test` command for its first interval. It then regenerates the DAG
+catalog (docs/dags.md, as `make catalog` does), so the new sync passes `make test` as written.
 """
 
 from __future__ import annotations
 
 import argparse
 import keyword
+import os
 import re
+import subprocess
 import sys
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from string import Template
 
 import yaml
+from croniter import croniter
 from pydantic import ValidationError
 
 from batchkit.load.identifiers import IDENTIFIER_PATTERN
 from batchkit.sync_spec import DAG_ID_PATTERN, SyncSpec
 from batchkit.taxonomy import DOMAIN_PREFIX, Tag
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tools import REPO_ROOT
 
 DOMAINS = tuple(sorted(tag.value.removeprefix(DOMAIN_PREFIX) for tag in Tag if tag.startswith(DOMAIN_PREFIX)))
 OWNER_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{1,62}$")
@@ -44,8 +52,15 @@ OWNER_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{1,62}$")
 SYNC_TASKS = ("extract_stage", "verify_quarantine", "merge", "check_keys", "check_rows_and_freshness")
 # The demo API filters on updated_at (updated_since / updated_before), so every demo resource has it.
 INTERVAL_COLUMN = "updated_at"
+# The scaffold's schedule (SPEC_TEMPLATE): daily at 03:00 UTC.
+CRON = "0 3 * * *"
+TIMEZONE = "UTC"
+# How far back the scaffold's start_date reaches: at least this many days, then to the month's first day.
+START_DATE_LOOKBACK_DAYS = 30
 EXIT_OK = 0
 EXIT_REFUSED = 1
+# The files are written but docs/dags.md could not be regenerated (a DAG file does not import).
+EXIT_CATALOG_FAILED = 2
 
 
 class ScaffoldError(ValueError):
@@ -111,8 +126,10 @@ description: Daily sync of the demo API's $resource changed that day into the wa
 owner: $owner
 tags: ["domain:$domain", "kind:sync", "tier:3"]
 schedule:
-  cron: "0 3 * * *"
-  timezone: UTC
+  cron: "$cron"
+  timezone: $timezone
+  # Fixed and in the past, so `make dag-test DAG=$name DATE=$first_interval_end` (the first interval)
+  # and any later date can be tested; catchup is off, so unpausing runs only the latest interval.
   start_date: $start_date
   catchup: false
   max_active_runs: 1
@@ -124,7 +141,7 @@ source:
   conn_id: demo_api
   endpoint: /v1/$resource
   pool: demo_api
-  pagination: {style: page_number, page_param: page, size_param: page_size, page_size: 500, total_pages_field: total_pages}
+  pagination: {style: page_number, page_param: page, size_param: page_size, page_size: 500, total_pages_field: total_pages, records_field: data}
   interval_params: {start: updated_since, end: updated_before}
   contract: $name
 target:
@@ -283,7 +300,27 @@ class Scaffold:
             "key": self.demo.key,
             "interval_column": INTERVAL_COLUMN,
             "start_date": self.start_date.isoformat(),
+            "cron": CRON,
+            "timezone": TIMEZONE,
+            "first_interval_end": self.first_interval_end.isoformat(),
         }
+
+    @property
+    def first_interval(self) -> tuple[datetime, datetime]:
+        """The first data interval the DAG schedules: the first two cron ticks from start_date."""
+        start = datetime(self.start_date.year, self.start_date.month, self.start_date.day, tzinfo=UTC)
+        ticks = croniter(CRON, start - timedelta(microseconds=1))
+        return ticks.get_next(datetime), ticks.get_next(datetime)
+
+    @property
+    def first_interval_end(self) -> datetime:
+        """The logical date `airflow dags test` needs to run the first interval: Airflow infers a manual
+        run's data interval as the one ending at (or before) it, and creates no task instance for a
+        logical date before start_date."""
+        return self.first_interval[1]
+
+    def dag_test_command(self) -> str:
+        return f"make dag-test DAG={self.name} DATE={self.first_interval_end.isoformat()}"
 
     def spec_yaml(self) -> str:
         return SPEC_TEMPLATE.substitute(self._fields())
@@ -310,6 +347,12 @@ class Scaffold:
         # Double quotes, as ruff format writes them: the generated file must pass `make lint` as is.
         quoted = ", ".join(f'"{task}"' for task in SYNC_TASKS)
         return TEST_TEMPLATE.substitute(self._fields(), sync_tasks=f"({quoted})")
+
+
+def default_start_date(today: date) -> date:
+    """The first day of the month START_DATE_LOOKBACK_DAYS before `today` (2026-12-06 -> 2026-11-01):
+    fixed in the YAML, and far enough back that the last few weeks of intervals can be tested."""
+    return (today - timedelta(days=START_DATE_LOOKBACK_DAYS)).replace(day=1)
 
 
 def plan(name: str, *, domain: str | None, owner: str | None, resource: str, start_date: date) -> Scaffold:
@@ -376,6 +419,25 @@ def write(scaffold: Scaffold, root: Path) -> list[Path]:
     return list(files)
 
 
+def regenerate_catalog(root: Path) -> subprocess.CompletedProcess[str]:
+    """`make catalog` for `root`: docs/dags.md from every DAG under root/dags, with root's own code.
+
+    A subprocess, as the command runs it: tools.dag_catalog points Airflow at a throwaway home before
+    Airflow is first imported, which this process cannot undo. Run from `root`, so `tools`, `batchkit`
+    and `include` resolve to the repository the scaffold wrote into.
+    """
+    env = {**os.environ, "BATCHKIT_INCLUDE_DIR": str(root / "include")}
+    env["PYTHONPATH"] = os.pathsep.join(str(path) for path in (root / "plugins", root / "config", root))
+    return subprocess.run(
+        [sys.executable, "-m", "tools.dag_catalog", "--root", str(root)],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.new_sync", description=__doc__.splitlines()[0])
     parser.add_argument("name", metavar="NAME", help="the dag_id, e.g. sales_returns_sync")
@@ -385,6 +447,9 @@ def main(argv: list[str] | None = None) -> int:
         "--resource", default="orders", help=f"demo API resource: {', '.join(DEMO_RESOURCES)}"
     )
     parser.add_argument("--root", type=Path, default=REPO_ROOT, help="repository root to write into")
+    parser.add_argument(
+        "--no-catalog", action="store_true", help="do not regenerate docs/dags.md (`make catalog` does)"
+    )
     args = parser.parse_args(argv)
     try:
         scaffold = plan(
@@ -392,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
             domain=args.domain,
             owner=args.owner,
             resource=args.resource,
-            start_date=datetime.now(UTC).date(),
+            start_date=default_start_date(datetime.now(UTC).date()),
         )
         written = write(scaffold, args.root.resolve())
     except ScaffoldError as exc:
@@ -402,11 +467,27 @@ def main(argv: list[str] | None = None) -> int:
     print(f"scaffolded sync {scaffold.name} (table {scaffold.table}, owner {scaffold.owner}):")
     for path in written:
         print(f"  {path.relative_to(root)}")
+    status = EXIT_OK
+    if not args.no_catalog:
+        catalog = regenerate_catalog(root)
+        if catalog.returncode == 0:
+            print("  docs/dags.md (regenerated: the DAG catalog now lists it)")
+        else:
+            print(
+                f"error: docs/dags.md was not regenerated (exit {catalog.returncode}); fix the error below, "
+                f"then `make catalog`:\n{catalog.stdout[-2000:]}{catalog.stderr[-4000:]}",
+                file=sys.stderr,
+            )
+            status = EXIT_CATALOG_FAILED
+    start, end = scaffold.first_interval
     print(
+        f"try it: `make run` (for the demo API), then\n"
+        f"  {scaffold.dag_test_command()}\n"
+        f"runs its first interval [{start.isoformat()}, {end.isoformat()}); any DATE from then on works.\n"
         "next: point `source` in the YAML at the real system, make the contract and DDL match its records,\n"
-        "then `make test` and `make catalog` (docs/dags.md), and open a pull request."
+        "then `make test` (and `make catalog` again after changing the YAML), and open a pull request."
     )
-    return EXIT_OK
+    return status
 
 
 if __name__ == "__main__":

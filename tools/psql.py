@@ -16,9 +16,9 @@ import shutil
 import sys
 from pathlib import Path
 
+from tools import REPO_ROOT
 from tools.metadb import LOCAL_DIR, PgServer
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 GENERATED_ENV = LOCAL_DIR / "generated.env"
 
 

@@ -81,6 +81,7 @@ from batchkit.alert_channels import (
 )
 from batchkit.ledger import LedgerStatus, perform_once
 from batchkit.observability import get_logger
+from batchkit.policy import RUNBOOK_HEADING
 from batchkit.sql_files import apply_sql_file
 
 if TYPE_CHECKING:
@@ -176,7 +177,7 @@ def runbook_line(doc_md: str | None) -> str | None:
     """The first line of the doc's `## Runbook` section (list markers stripped, cut), else None."""
     if not doc_md:
         return None
-    match = re.search(r"^##\s+Runbook\s*$", doc_md, re.MULTILINE | re.IGNORECASE)
+    match = RUNBOOK_HEADING.search(doc_md)
     if not match:
         return None
     for line in doc_md[match.end() :].splitlines():

@@ -1,6 +1,6 @@
 """Progress of one task over one data interval: table `batch_meta.checkpoints` in the warehouse.
 
-A checkpoint row is keyed by (dag_id, task_id, interval_start, interval_end) and is updated in the same
+A checkpoint row is keyed by (dag_id, sync key (column task_id), interval_start, interval_end) and is updated in the same
 transaction as the page of rows it accounts for (see batchkit.sync), so after a kill it describes
 exactly what is durable: how many pages are staged, the row counters, and the source's state that
 fetches the next page. The counters must reconcile at every commit (a CHECK constraint):
@@ -44,7 +44,9 @@ class RunIdentity:
     """Who is syncing which interval: the checkpoint key plus the run that writes it."""
 
     dag_id: str
-    task_id: str
+    # The sync's key, shared by its stage, verify and merge tasks (not an Airflow task id). The
+    # batch_meta tables (checkpoints, quarantine) keep it in their `task_id` column: key() maps it.
+    sync_key: str
     run_id: str
     interval: DataInterval
 
@@ -52,12 +54,13 @@ class RunIdentity:
         """The run's scope as text (UTC bounds, so one interval always reads the same)."""
         start = self.interval.start.astimezone(UTC).isoformat()
         end = self.interval.end.astimezone(UTC).isoformat()
-        return f"{self.dag_id}|{self.task_id}|{start}|{end}"
+        return f"{self.dag_id}|{self.sync_key}|{start}|{end}"
 
     def key(self) -> dict[str, Any]:
+        """The checkpoint key as SQL parameters named after the columns (sync_key is column task_id)."""
         return {
             "dag_id": self.dag_id,
-            "task_id": self.task_id,
+            "task_id": self.sync_key,
             "interval_start": self.interval.start,
             "interval_end": self.interval.end,
         }

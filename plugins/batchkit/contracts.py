@@ -178,7 +178,7 @@ def quarantine_records(
             copy.write_row(
                 (
                     identity.dag_id,
-                    identity.task_id,
+                    identity.sync_key,
                     identity.run_id,
                     identity.interval.start,
                     identity.interval.end,

@@ -9,7 +9,6 @@ Building the DAG does no I/O: the notifier and the callback are plain objects un
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,11 +17,10 @@ from airflow.sdk import DAG, AsyncCallback, DeadlineAlert, DeadlineReference, Pa
 
 from batchkit.alert_channels import tier_of
 from batchkit.alerts import AlertRoute, FailureAlert, deadline_missed, runbook_line
-from batchkit.policy import EXPLICIT_SCHEDULING_ATTR
+from batchkit.policy import EXPLICIT_SCHEDULING_ATTR, has_runbook, owner_problem
 from batchkit.queues import Queue
 
 RETRY_BACKOFF_MULTIPLIER = 2.0
-RUNBOOK_HEADING = re.compile(r"^##\s+Runbook\s*$", re.MULTILINE | re.IGNORECASE)
 DRY_RUN_PARAM = "dry_run"
 # Owned by standard_dag; a DAG that needs different values says so through the named arguments.
 _RESERVED_DAG_KWARGS = frozenset({"default_args", "deadline"})
@@ -55,8 +53,8 @@ def standard_dag(
     overrides connection ids, recipients or (its `channels`) the tier's channels.
     """
     _check_docs(dag_id, doc_md)
-    if not owner.strip():
-        raise ValueError(f"DAG {dag_id!r}: owner must be non-empty")
+    if problem := owner_problem(owner):
+        raise ValueError(f"DAG {dag_id!r}: {problem}")
     if deadline <= timedelta(0):
         raise ValueError(f"DAG {dag_id!r}: deadline must be a positive timedelta, got {deadline!r}")
     if clash := _RESERVED_DAG_KWARGS & dag_kwargs.keys():
@@ -119,7 +117,7 @@ def dry_run_requested(context: Mapping[str, Any]) -> bool:
 def _check_docs(dag_id: str, doc_md: str) -> None:
     if not doc_md or not doc_md.strip():
         raise ValueError(f"DAG {dag_id!r}: doc_md is required (what it does, and a '## Runbook' section)")
-    if not RUNBOOK_HEADING.search(doc_md):
+    if not has_runbook(doc_md):
         raise ValueError(
             f"DAG {dag_id!r}: doc_md needs a '## Runbook' section (what on-call does when it fails)"
         )

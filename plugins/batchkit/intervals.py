@@ -14,8 +14,9 @@ from datetime import datetime
 from typing import Any
 
 import pendulum
-from airflow.sdk.exceptions import AirflowFailException
 from croniter import croniter
+
+from batchkit.errors import IntervalUndefinedError
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ def task_interval(context: Mapping[str, Any]) -> DataInterval:
     start, end = context.get("data_interval_start"), context.get("data_interval_end")
     if start is not None and end is not None:
         if start == end:
-            raise AirflowFailException(
+            raise IntervalUndefinedError(
                 f"DAG {context['dag'].dag_id!r} has a point-in-time schedule (data_interval_start == end); "
                 "batch tasks need an interval timetable such as CronDataIntervalTimetable"
             )
@@ -56,7 +57,7 @@ def task_interval(context: Mapping[str, Any]) -> DataInterval:
     timetable = context["dag"].timetable
     cron = getattr(timetable, "expression", None)
     if cron is None:
-        raise AirflowFailException(
+        raise IntervalUndefinedError(
             f"manual run {context['run_id']!r} has no logical date and DAG {context['dag'].dag_id!r} has no "
             "cron schedule to infer one from; trigger it with a logical date"
         )

@@ -20,7 +20,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import structlog
-from airflow.sdk.observability import stats
 
 METRIC_PREFIX = "batchkit"
 
@@ -42,11 +41,19 @@ def run_fields(context: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+# Airflow is imported when a metric is sent, not when this module is: the sync core logs and counts
+# through here and stays importable (and testable) without Airflow (tests/batchkit/test_core_is_plain.py).
+
+
 def count(metric: str, value: int = 1, **tags: Any) -> None:
+    from airflow.sdk.observability import stats
+
     stats.incr(f"{METRIC_PREFIX}.{metric}", count=value, tags=metric_tags(tags) or None)
 
 
 def timing(metric: str, seconds: float, **tags: Any) -> None:
+    from airflow.sdk.observability import stats
+
     stats.timing(f"{METRIC_PREFIX}.{metric}", seconds * 1000.0, tags=metric_tags(tags) or None)
 
 

@@ -22,5 +22,3 @@ class Page:
     # How the fetch went: wall time of the request (retries and backoff included) and retries taken.
     latency_ms: float | None = field(default=None, compare=False)
     retries: int = field(default=0, compare=False)
-    # A 304 to a conditional request: no records, the page is unchanged since the caller stored it.
-    not_modified: bool = field(default=False, compare=False)

@@ -9,6 +9,7 @@ Each function returns every problem it finds, one sentence each, so one failed p
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -21,17 +22,34 @@ DEFAULT_POOL = "default_pool"
 # Set by batchkit.dag_factory.standard_dag: the Task SDK DAG falls back to config defaults for catchup and
 # max_active_runs without recording whether they were passed, so the factory records that they were.
 EXPLICIT_SCHEDULING_ATTR = "batchkit_explicit_scheduling"
-RUNBOOK_MARKER = "## runbook"
+# The `## Runbook` heading on a line of its own (any case): what on-call does when the DAG fails. The
+# one rule for it: standard_dag refuses a doc without it, the policy flags it, the alerts quote its
+# first line (batchkit.alerts.runbook_line).
+RUNBOOK_HEADING = re.compile(r"^##\s+Runbook\s*$", re.MULTILINE | re.IGNORECASE)
+
+
+def owner_problem(owner: object) -> str | None:
+    """Why `owner` cannot own a DAG or task (empty, or Airflow's placeholder 'airflow'), else None.
+
+    The one rule for owners: the policy, standard_dag and sync files (batchkit.sync_spec) all ask here.
+    """
+    name = str(owner or "").strip()
+    if name.lower() in FORBIDDEN_OWNERS:
+        return f"owner must name a team or person, not {name or 'nothing'!r}"
+    return None
+
+
+def has_runbook(doc_md: str | None) -> bool:
+    return bool(doc_md) and RUNBOOK_HEADING.search(doc_md) is not None
 
 
 def dag_problems(dag: Any) -> list[str]:
     """What is wrong with a DAG as a whole (its tasks are checked by task_problems)."""
     problems: list[str] = []
-    owner = str(dag.default_args.get("owner", "")).strip()
-    if owner.lower() in FORBIDDEN_OWNERS:
-        problems.append(f"owner must name a team or person, not {owner or 'nothing'!r}")
+    if problem := owner_problem(dag.default_args.get("owner")):
+        problems.append(problem)
     problems.extend(f"tags: {problem}" for problem in tag_problems(dag.tags or []))
-    if not dag.doc_md or RUNBOOK_MARKER not in dag.doc_md.lower():
+    if not has_runbook(dag.doc_md):
         problems.append("doc_md must exist and contain a '## Runbook' section")
     if dag.deadline is None:
         problems.append("needs a DeadlineAlert (deadline=...): Airflow 3's replacement for SLAs")
@@ -57,8 +75,8 @@ def task_problems(task: Any) -> list[str]:
         problems.append("retry_exponential_backoff must be on")
     if not task.max_retry_delay:
         problems.append("max_retry_delay must be set (caps the exponential backoff)")
-    if str(task.owner or "").strip().lower() in FORBIDDEN_OWNERS:
-        problems.append(f"owner must name a team or person, not {task.owner!r}")
+    if problem := owner_problem(task.owner):
+        problems.append(problem)
     if not task.on_failure_callback:
         problems.append("needs an on_failure_callback (the final-failure alert)")
     if task.queue not in ALL_QUEUES:

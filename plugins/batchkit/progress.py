@@ -94,7 +94,7 @@ class Progress:
 
     def page(self, page: Page, *, received: int, staged: int, quarantined: int) -> PageProgress:
         """The progress once `page` is in; received/staged/quarantined are the interval's running totals."""
-        # A total stays known once stated: a 304 page, which has no body, does not forget it.
+        # A total stays known once stated: a page that does not repeat it does not forget it.
         self.total_pages = page.total_pages if page.total_pages is not None else self.total_pages
         self.total_records = page.total_records if page.total_records is not None else self.total_records
         self._largest_page = max(self._largest_page, len(page.records))

@@ -43,7 +43,7 @@ from psycopg import sql
 from batchkit.checkpoints import RunIdentity
 from batchkit.intervals import DataInterval
 from batchkit.load.identifiers import checked_identifier
-from batchkit.load.postgres import TargetSpec, staging_table_name
+from batchkit.load.postgres import TargetSpec, staging_table_name, table_exists
 from batchkit.observability import get_logger
 
 log = get_logger(__name__)
@@ -145,7 +145,7 @@ def purge_warehouse(
 
 def purge_old_rows(conn: psycopg.Connection, rule: RowRule, *, older_than: datetime, dry_run: bool) -> int:
     """Delete (or, dry, count) the rows of `rule.table` with `rule.age_column` < `older_than`."""
-    if not _table_exists(conn, rule.table):
+    if not table_exists(conn, rule.table):
         return 0
     where = sql.SQL("FROM {table} WHERE {column} < %s").format(
         table=checked_identifier(rule.table, "table"),
@@ -165,7 +165,7 @@ def purge_stale_staging(
     dry_run: bool,
 ) -> int:
     """Drop (or, dry, count) the staging tables of intervals whose checkpoint is older than `older_than`."""
-    if not _table_exists(conn, "batch_meta.checkpoints"):
+    if not table_exists(conn, "batch_meta.checkpoints"):
         return 0
     stale = conn.execute(
         """
@@ -176,15 +176,15 @@ def purge_stale_staging(
     ).fetchall()
     dropped = 0
     unknown_dags = set()
-    for dag_id, task_id, interval_start, interval_end in stale:
+    for dag_id, sync_key, interval_start, interval_end in stale:
         target = targets_by_dag.get(dag_id)
         if target is None:
             unknown_dags.add(dag_id)
             continue
-        # The scope, which names the staging table, is (dag, task, interval): the run id plays no part.
-        scope = RunIdentity(dag_id, task_id, "", DataInterval(interval_start, interval_end)).scope()
+        # The scope, which names the staging table, is (dag, sync key, interval): the run id plays no part.
+        scope = RunIdentity(dag_id, sync_key, "", DataInterval(interval_start, interval_end)).scope()
         table = staging_table_name(target, scope)
-        if not _table_exists(conn, table):
+        if not table_exists(conn, table):
             continue
         if not dry_run:
             with conn.transaction():
@@ -304,7 +304,3 @@ def purge_report_files(
         log.info("report_file_removed", path=str(path), day=day.isoformat(), dry_run=dry_run)
         removed += 1
     return removed
-
-
-def _table_exists(conn: psycopg.Connection, table: str) -> bool:
-    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]

@@ -1,7 +1,8 @@
 """Sync one data interval from a paged source into a warehouse table, resumably and idempotently.
 
-`sync_interval` is a plain function (no Airflow context): the operator hands it a connection, the
-target, the contract, who is running which interval, and a page fetcher. What it guarantees:
+A sync runs in three steps, `stage_interval`, `verify_interval` and `merge_interval`, plain functions
+(no Airflow context): the operators (batchkit.operators.sync) hand them a connection, the target, the
+contract, who is running which interval, and a page fetcher. What they guarantee:
 
 - Every page commits in ONE transaction: its valid rows COPYed into the run's staging table, its
   rejects into batch_meta.quarantine, and the checkpoint (pages done, counters, the source's state for
@@ -87,7 +88,6 @@ __all__ = [
     "SyncResult",
     "merge_interval",
     "stage_interval",
-    "sync_interval",
     "verify_interval",
 ]
 
@@ -127,49 +127,6 @@ class SyncResult:
     @property
     def quarantine_ratio(self) -> float:
         return self.quarantined / self.received if self.received else 0.0
-
-
-def sync_interval(
-    conn: psycopg.Connection,
-    *,
-    target: TargetSpec,
-    contract: RecordContract,
-    identity: RunIdentity,
-    fetch_pages: FetchPages,
-    dry_run: bool = False,
-    max_quarantine_ratio: float = 0.01,
-    lock_wait: timedelta = DEFAULT_LOCK_WAIT,
-) -> SyncResult:
-    """Load `identity.interval` from `fetch_pages` into `target`; see the module docstring.
-
-    Its phases, stage_interval, verify_interval and merge_interval, also run as separate tasks.
-    `conn` must be in autocommit mode: every page commits its own transaction.
-    """
-
-    def stage() -> SyncResult:
-        return stage_interval(
-            conn,
-            target=target,
-            contract=contract,
-            identity=identity,
-            fetch_pages=fetch_pages,
-            dry_run=dry_run,
-            max_quarantine_ratio=max_quarantine_ratio,
-            lock_wait=lock_wait,
-        )
-
-    staged = stage()
-    if dry_run:
-        return staged
-    merged = merge_interval(
-        conn,
-        target=target,
-        identity=identity,
-        max_quarantine_ratio=max_quarantine_ratio,
-        restage=stage,
-        lock_wait=lock_wait,
-    )
-    return replace(merged, resumed_from_page=staged.resumed_from_page)
 
 
 def stage_interval(
@@ -281,7 +238,8 @@ def merge_interval(
 
     result = replace(result, inserted=merged.inserted, updated=merged.updated, deleted=merged.deleted)
     duration = time.monotonic() - started
-    tags = {"dag_id": identity.dag_id, "task_id": identity.task_id, "target": target.table}
+    # No task_id: inside a task metric_tags adds the running Airflow task's, which the sync key is not.
+    tags = {"dag_id": identity.dag_id, "target": target.table}
     count("rows_loaded", result.loaded, **tags)
     timing("merge_duration", duration, **tags)
     # The interval's final line: every count, whether they reconcile, and how long it all took.
@@ -337,7 +295,7 @@ def _verified(
 def _bound_log(target: TargetSpec, identity: RunIdentity, dry_run: bool) -> Any:
     return log.bind(
         dag_id=identity.dag_id,
-        task_id=identity.task_id,
+        sync_key=identity.sync_key,
         run_id=identity.run_id,
         interval=identity.interval.label(),
         target_table=target.table,
@@ -450,8 +408,6 @@ def _fetch_fields(page: Page) -> dict[str, Any]:
         fields["latency_ms"] = page.latency_ms
     if page.retries:
         fields["retries"] = page.retries
-    if page.not_modified:
-        fields["not_modified"] = True
     return fields
 
 

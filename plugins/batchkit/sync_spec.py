@@ -5,6 +5,15 @@ A sync file says where records come from (connection, endpoint, pagination, cont
 deadline, alert route). Validation is strict: unknown fields, unsafe identifiers and bad cron
 expressions are errors naming the file and the field, raised at parse time so the DAG file becomes an
 import error and CI fails; nothing is built from a file that does not validate.
+
+Where things are found, explicitly and in one place each: the YAML under include_dir() (configured by
+$BATCHKIT_INCLUDE_DIR or the importable `include` package, see batchkit.sql_files), and the record
+contract through `contract_module`, which imports the module the file names (source.contract) from the
+`include.contracts` package. That is this module's only reach into include/, and a configured one: it
+imports nothing from include/ on its own, only the contract a sync file asks for, by name, from a
+package on the PYTHONPATH of every component (batchkit.retention does the same for the declared
+include.<domain>.retention modules, in a task). include/contracts in turn imports batchkit's types
+(RecordContract, TargetSpec); batchkit never imports include/ at import time, so there is no import cycle.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from batchkit.extract.retry import RetryPolicy
 from batchkit.load.identifiers import IDENTIFIER_PATTERN
 from batchkit.load.postgres import MergeMode
 from batchkit.load.postgres import TargetSpec as LoadTarget
+from batchkit.policy import owner_problem
 from batchkit.queues import Queue
 from batchkit.sql_files import include_dir
 from batchkit.taxonomy import tag_problems
@@ -35,6 +45,8 @@ if TYPE_CHECKING:
     from batchkit.alerts import AlertRoute
 
 AUTOMATIONS_DIR = "automations"
+# The package a sync file's source.contract names a module of (include/contracts/<contract>.py).
+CONTRACTS_PACKAGE = "include.contracts"
 # libyaml's safe loader when PyYAML was built with it (the wheels are): the same YAML, parsed ~10x faster
 # than the pure-Python SafeLoader, and every sync file is parsed on every dag-processor loop.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -293,8 +305,8 @@ class SyncSpec(_Strict):
     @field_validator("owner")
     @classmethod
     def _real_owner(cls, value: str) -> str:
-        if value.strip().lower() == "airflow":
-            raise ValueError("owner must name a team or person, not 'airflow'")
+        if problem := owner_problem(value):
+            raise ValueError(problem)
         return value
 
     @model_validator(mode="after")
@@ -304,7 +316,7 @@ class SyncSpec(_Strict):
         return self
 
     def contract_module(self) -> ModuleType:
-        return importlib.import_module(f"include.contracts.{self.source.contract}")
+        return contract_module(self.source.contract)
 
     def record_contract(self) -> RecordContract:
         return self.contract_module().CONTRACT
@@ -333,6 +345,15 @@ class SyncSpec(_Strict):
 
         start = self.schedule.start_date
         return pendulum.datetime(start.year, start.month, start.day, tz=self.schedule.timezone)
+
+
+def contract_module(name: str) -> ModuleType:
+    """The record contract module `name` of the `include.contracts` package: CONTRACT and TARGET.
+
+    The one place a sync's contract is imported (see the module docstring); an unknown name raises
+    ImportError, which `load_spec` reports against the file's source.contract.
+    """
+    return importlib.import_module(f"{CONTRACTS_PACKAGE}.{name}")
 
 
 def automations_dir() -> Path:

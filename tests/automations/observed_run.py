@@ -16,7 +16,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tools import REPO_ROOT
 
 _PROGRAM = """
 import sys

@@ -34,8 +34,8 @@ from batchkit.sql_files import apply_sql_file
 from batchkit.sync_spec import load_spec, spec_path
 from include.sales.daily_report import REPORT_NAME, report_day_of
 from tests.dagrun import parse_dag, returned, run_dag
+from tools import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 CLEANUP_FILE = REPO_ROOT / "dags" / "platform" / "platform_cleanup.py"
 CLEANUP_TASKS = ("purge_warehouse", "purge_report_files")
 # What airflow.sdk.execution_time.supervisor.block_orm_access() puts in a task process's environment.

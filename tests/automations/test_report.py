@@ -52,8 +52,9 @@ from include.sales.daily_report import (
 )
 from tests.dagrun import parse_dag, returned, run_dag
 from tests.upstream import Upstream, running_upstream
+from tools import REPO_ROOT
 
-DAG_FILE = Path(__file__).resolve().parents[2] / "dags" / "sales" / "sales_daily_report.py"
+DAG_FILE = REPO_ROOT / "dags" / "sales" / "sales_daily_report.py"
 DAY = date(2026, 3, 1)
 OTHER_DAY = date(2026, 3, 2)
 REPORT_TASKS = ("report_days", "aggregate", "render", "deliver")

@@ -25,9 +25,9 @@ from batchkit.assets import table_asset
 from batchkit.sync_spec import SyncSpec, load_spec, spec_path
 from tests.dagrun import parse_dag, run_dag
 from tests.upstream import Upstream
+from tools import REPO_ROOT
 from tools.demo_upstream import FIELDS, Volumes, record_values, select
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 SYNC_DAG_FILES = {
     "sales_orders_sync": REPO_ROOT / "dags" / "sales" / "sales_orders_sync.py",
     "crm_customers_sync": REPO_ROOT / "dags" / "crm" / "crm_customers_sync.py",

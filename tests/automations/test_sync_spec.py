@@ -14,8 +14,8 @@ import yaml
 from batchkit.sql_files import INCLUDE_DIR_ENV
 from batchkit.sync_dag import build_sync_dag
 from batchkit.sync_spec import SyncSpecError, automations_dir, load_spec
+from tools import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 DAG_ID = "sales_orders_sync"
 DAG_FILE = REPO_ROOT / "dags" / "sales" / f"{DAG_ID}.py"
 REPO_SPEC = REPO_ROOT / "include" / "automations" / f"{DAG_ID}.yaml"

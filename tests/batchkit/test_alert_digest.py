@@ -18,7 +18,6 @@ from datetime import UTC, datetime, timedelta
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
-from pathlib import Path
 from typing import Any
 
 import pendulum
@@ -38,10 +37,11 @@ from batchkit.alerts import (
 from batchkit.ledger import LedgerStatus
 from tests.batchkit.test_alerts import SLACK_TOKEN, _json_receiver
 from tests.dagrun import parse_dag, returned, run_dag
+from tools import REPO_ROOT
 
 RECIPIENTS = "oncall@example.test, data@example.test"
 RUNBOOK_LINE = "Check the partner's status page, then clear the task."
-REPO_DAG = Path(__file__).resolve().parents[2] / "dags" / "platform" / "platform_alert_digest.py"
+REPO_DAG = REPO_ROOT / "dags" / "platform" / "platform_alert_digest.py"
 
 
 @dataclass

@@ -78,7 +78,7 @@ def test_finishing_and_restarting_an_interval(warehouse: psycopg.Connection, ide
     ).fetchone()
     assert merged == ("complete", 2, 1, True)
 
-    rerun = RunIdentity(identity.dag_id, identity.task_id, "run-2", identity.interval)
+    rerun = RunIdentity(identity.dag_id, identity.sync_key, "run-2", identity.interval)
     restarted = start_checkpoint(warehouse, rerun)
     assert (restarted.run_id, restarted.state, restarted.pages_done, restarted.rows_received) == (
         "run-2",
@@ -93,6 +93,6 @@ def test_one_interval_has_one_scope_whatever_the_timezone_of_its_bounds(identity
     shifted = DataInterval(
         identity.interval.start.astimezone(paris_summer), identity.interval.end.astimezone(paris_summer)
     )
-    same = RunIdentity(identity.dag_id, identity.task_id, "other-run", shifted)
+    same = RunIdentity(identity.dag_id, identity.sync_key, "other-run", shifted)
     assert same.scope() == identity.scope()
     assert same.scope().endswith("|2024-05-01T00:00:00+00:00|2024-05-02T00:00:00+00:00")

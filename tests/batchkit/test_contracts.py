@@ -207,8 +207,8 @@ def test_quarantine_keeps_objects_as_jsonb_and_anything_else_as_text(warehouse: 
         (4, 3, "orders", None, "[1, 2]", "e4"),
     ]
     assert count_quarantined(warehouse, identity) == 5
-    other_task = RunIdentity(identity.dag_id, "other_task", "run-1", identity.interval)
-    assert clear_quarantine(warehouse, other_task) == 0
+    other_sync = RunIdentity(identity.dag_id, "other_sync", "run-1", identity.interval)
+    assert clear_quarantine(warehouse, other_sync) == 0
     assert clear_quarantine(warehouse, identity) == 5
     assert count_quarantined(warehouse, identity) == 0
 

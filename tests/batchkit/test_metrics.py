@@ -14,6 +14,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from airflow.sdk.observability import stats
 
 from batchkit import observability
 from batchkit.observability import metric_tags
@@ -42,10 +43,8 @@ def test_the_running_task_names_dag_and_task_over_what_the_caller_said(
 
 def test_count_and_timing_go_through_airflow_stats_with_tags(monkeypatch: pytest.MonkeyPatch) -> None:
     sent: list[tuple[str, Any, dict[str, Any]]] = []
-    monkeypatch.setattr(
-        observability.stats, "incr", lambda stat, count, tags: sent.append((stat, count, tags))
-    )
-    monkeypatch.setattr(observability.stats, "timing", lambda stat, dt, tags: sent.append((stat, dt, tags)))
+    monkeypatch.setattr(stats, "incr", lambda stat, count, tags: sent.append((stat, count, tags)))
+    monkeypatch.setattr(stats, "timing", lambda stat, dt, tags: sent.append((stat, dt, tags)))
     observability.count("extract.records", 3, endpoint="/v1/customers")
     observability.timing("merge_duration", 0.25, target="crm.customers")
     assert sent == [

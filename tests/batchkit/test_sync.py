@@ -1,4 +1,4 @@
-"""batchkit.sync.sync_interval end to end against the session's real warehouse database."""
+"""batchkit.sync (stage, verify, merge) end to end against the session's real warehouse database."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import uuid
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -24,10 +23,10 @@ from batchkit.errors import DataRejectedError, IntervalBusyError, StagingIncompl
 from batchkit.intervals import DataInterval
 from batchkit.load.postgres import MergeMode, staging_table_name
 from batchkit.pages import Page
-from batchkit.sync import merge_interval, stage_interval, sync_interval, verify_interval
+from batchkit.sync import SyncResult, merge_interval, stage_interval, verify_interval
 from include.contracts.orders import CONTRACT, TARGET
+from tools import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 DAY_1 = DataInterval(datetime(2024, 5, 1, tzinfo=UTC), datetime(2024, 5, 2, tzinfo=UTC))
 DAY_2 = DataInterval(datetime(2024, 5, 2, tzinfo=UTC), datetime(2024, 5, 3, tzinfo=UTC))
 BY_ORDER_DAY = dataclasses.replace(TARGET, mode=MergeMode.REPLACE_INTERVAL, interval_column="order_ts")
@@ -70,10 +69,27 @@ class PagedSource:
 
 
 def run_identity(dag_id: str, interval: DataInterval = DAY_1, run_id: str = "scheduled__1") -> RunIdentity:
-    return RunIdentity(dag_id=dag_id, task_id="load_orders", run_id=run_id, interval=interval)
+    return RunIdentity(dag_id=dag_id, sync_key="load_orders", run_id=run_id, interval=interval)
 
 
-def sync(conn: psycopg.Connection, identity: RunIdentity, source: PagedSource, **options: Any):
+def sync_interval(conn: psycopg.Connection, *, fetch_pages: Any, **options: Any) -> SyncResult:
+    """Stage the interval, then merge it (re-staging from `fetch_pages` if the staging was lost): what
+    the sync's tasks do one after the other. A dry run stops after staging."""
+    merge_options = {
+        key: options[key] for key in ("target", "max_quarantine_ratio", "lock_wait") if key in options
+    }
+
+    def stage() -> SyncResult:
+        return stage_interval(conn, fetch_pages=fetch_pages, **options)
+
+    staged = stage()
+    if options.get("dry_run"):
+        return staged
+    merged = merge_interval(conn, identity=options["identity"], restage=stage, **merge_options)
+    return dataclasses.replace(merged, resumed_from_page=staged.resumed_from_page)
+
+
+def sync(conn: psycopg.Connection, identity: RunIdentity, source: PagedSource, **options: Any) -> SyncResult:
     options.setdefault("target", TARGET)
     options.setdefault("max_quarantine_ratio", 0.5)
     return sync_interval(conn, contract=CONTRACT, identity=identity, fetch_pages=source, **options)

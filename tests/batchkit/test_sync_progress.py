@@ -46,7 +46,7 @@ def identity(warehouse: psycopg.Connection) -> RunIdentity:
     warehouse.execute("CREATE SCHEMA IF NOT EXISTS sales")
     warehouse.execute("DROP TABLE IF EXISTS sales.orders")
     return RunIdentity(
-        dag_id=f"progress_{uuid.uuid4().hex[:8]}", task_id="sync", run_id="manual__progress", interval=DAY
+        dag_id=f"progress_{uuid.uuid4().hex[:8]}", sync_key="sync", run_id="manual__progress", interval=DAY
     )
 
 

@@ -21,8 +21,9 @@ from airflow.dag_processing.dagbag import DagBag
 
 from batchkit.policy import dag_problems, task_problems
 from bench.parse_time import DAGS_DIR, PARSE_BUDGET_SECONDS, dag_files, probe, probe_many
+from tools import REPO_ROOT
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+FIXTURES = REPO_ROOT / "tests" / "fixtures"
 # Calls that make a start_date move with the clock: a DAG's schedule must not depend on when it parsed.
 DYNAMIC_DATE_CALLS = frozenset({"now", "utcnow", "today", "days_ago", "yesterday"})
 

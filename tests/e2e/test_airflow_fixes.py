@@ -48,11 +48,11 @@ from batchkit.dag_factory import standard_dag
 from batchkit.sql_files import apply_sql_file
 from batchkit.taxonomy import Tag
 from tests.upstream import running_upstream
+from tools import REPO_ROOT
 from tools.airflow_api import AirflowApi, wait_for
 from tools.metadb import PgServer
 from tools.stack import AirflowStack
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "dags_ops"
 # Fails until a marker file sits next to it; its deadline is 10 minutes from when a run is queued.
 PROBE = "ops_rerun_probe"

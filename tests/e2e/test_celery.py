@@ -34,7 +34,6 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -59,6 +58,7 @@ from tests.e2e.chaos_support import (
     wait_for_try_end,
 )
 from tests.upstream import Upstream, running_upstream
+from tools import REPO_ROOT
 from tools.airflow_api import AirflowApi
 from tools.demo_upstream import DEFAULT_PER_DAY, Volumes
 from tools.metadb import DatabaseRole, PgServer, drop_database, drop_role, provision_database
@@ -66,7 +66,6 @@ from tools.stack import AIRFLOW_COMPONENTS, AirflowStack, parse_worker_queues
 
 pytestmark = pytest.mark.e2e
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "dags_celery"
 SYNC = "celery_orders_sync"
 ORDERS_PATH = "/v1/cursor/orders"

@@ -69,6 +69,7 @@ from tests.e2e.chaos_support import (
     write_json,
 )
 from tests.upstream import Upstream, running_upstream
+from tools import REPO_ROOT
 from tools.airflow_api import AirflowApi, wait_for
 from tools.airflow_env import ADMIN_USER
 from tools.demo_upstream import DEFAULT_PER_DAY, Volumes
@@ -77,7 +78,6 @@ from tools.stack import AIRFLOW_COMPONENTS, AirflowStack
 
 pytestmark = pytest.mark.e2e
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "dags_chaos"
 DEADLINE_FIXTURE = REPO_ROOT / "tests" / "fixtures" / "dags_ops" / "deadline_overrun_probe.py"
 SUMMARY_PATH = REPO_ROOT / "test-artifacts" / "chaos" / "summary.json"

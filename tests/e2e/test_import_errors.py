@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from tools import REPO_ROOT
 from tools.airflow_api import wait_for
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+FIXTURES = REPO_ROOT / "tests" / "fixtures"
 
 pytestmark = pytest.mark.e2e
 
@@ -18,7 +19,7 @@ def test_violating_dag_is_an_import_error_in_the_live_stack(tmp_path: Path, star
     dags = tmp_path / "dags"
     dags.mkdir()
     shutil.copy(FIXTURES / "dags_violating" / "policy_violating_dag.py", dags)
-    shutil.copytree(Path(__file__).resolve().parents[2] / "dags" / "platform", dags / "platform")
+    shutil.copytree(REPO_ROOT / "dags" / "platform", dags / "platform")
     _, api = start_stack(dags)
 
     errors = wait_for(api.import_errors, timeout=120, what="an import error for the violating DAG")

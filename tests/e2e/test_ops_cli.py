@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from tools import REPO_ROOT
 from tools.airflow_api import AirflowApi, wait_for
 from tools.airflow_env import ADMIN_USER
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = REPO_ROOT / "tests" / "fixtures"
 VIOLATING_DAG = FIXTURES / "dags_violating" / "policy_violating_dag.py"
 SMOKE = "platform_smoke"

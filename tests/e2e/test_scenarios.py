@@ -27,12 +27,12 @@ from psycopg import sql
 from batchkit.assets import table_asset
 from batchkit.sync_spec import load_spec
 from tests.upstream import Upstream, running_upstream
+from tools import REPO_ROOT
 from tools.airflow_api import AirflowApi, wait_for
 from tools.demo_upstream import DEFAULT_PER_DAY, Volumes, select
 from tools.metadb import PgServer
 from tools.stack import AIRFLOW_COMPONENTS, HEALTH_KEYS, AirflowStack
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "dags_ops"
 ORDERS_SYNC = "sales_orders_sync"
 CUSTOMERS_SYNC = "crm_customers_sync"

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import ConsoleMessage, Error, Page, sync_playwright
 
+from tools import REPO_ROOT
 from tools.airflow_api import AirflowApi, wait_for
 from tools.airflow_env import ADMIN_USER
 from tools.browser import BrowserNotFound, find_browser
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = REPO_ROOT / "test-artifacts" / "ui"
 CHROMIUM_FLAGS = [
     "--no-sandbox",

@@ -4,6 +4,13 @@ Plain logic without I/O (RestApiHook sends the requests). Each style is a pydant
 config can declare one through the `Pagination` union, e.g.
 `{style: cursor, cursor_param: cursor, cursor_field: next_cursor, records_field: data}`.
 
+`records_field` (the dotted path of the record list in the body; null when the body is the list itself)
+defaults to `data` for `page_number`, `offset` and `cursor`. `link_header` APIs usually send the bare
+array, so its model defaults to null, and a config (a sync file, `parse_pagination`) must state it:
+one style's default never silently applies to another's API. Combinations that cannot work fail when
+the config is validated, not at run time: a style that reads a field from the body (`cursor_field`,
+`total_pages_field`, `total_field`) needs an object body, so its records cannot be the body itself.
+
 A page's request travels between runs as JSON (Page.next_state): `{"page_number": n, "params": {...}}`
 holds only the pagination parameters (the caller's own query parameters are merged in at send time, so
 a checkpoint never copies them), `{"page_number": n, "url": "..."}` a server-given next link.
@@ -16,7 +23,11 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 from urllib.parse import urljoin, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, TypeAdapter
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, TypeAdapter, model_validator
+
+# A dotted path into a JSON object (`data`, `meta.next_cursor`): no empty step, no whitespace.
+FIELD_PATH_PATTERN = r"^[^.\s]+(\.[^.\s]+)*$"
+FieldPath = Annotated[str, Field(pattern=FIELD_PATH_PATTERN)]
 
 
 class PageFormatError(ValueError):
@@ -72,7 +83,23 @@ class _Style(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # Dotted path of the record list in the body; None when the body itself is the list.
-    records_field: str | None = "data"
+    records_field: FieldPath | None = "data"
+
+    def body_fields(self) -> dict[str, str]:
+        """The settings (name -> dotted path) this style reads from the response body besides records."""
+        return {}
+
+    @model_validator(mode="after")
+    def _records_beside_body_fields(self) -> _Style:
+        if self.records_field is None and (read := self.body_fields()):
+            named = ", ".join(f"{name} {path!r}" for name, path in read.items())
+            style = getattr(self, "style", "this")
+            raise ValueError(
+                f"records_field is null (the body is the record array) but {style} pagination reads "
+                f"{named} from the body, which needs a JSON object: set records_field to the path of the "
+                "record list in it (e.g. data)"
+            )
+        return self
 
     def records(self, body: Any) -> list[dict[str, Any]]:
         records = body if self.records_field is None else field_at(body, self.records_field)
@@ -109,7 +136,10 @@ class PageNumberPagination(_Style):
     size_param: str = "page_size"
     page_size: PositiveInt = 100
     first_page: int = 1
-    total_pages_field: str | None = None
+    total_pages_field: FieldPath | None = None
+
+    def body_fields(self) -> dict[str, str]:
+        return {} if self.total_pages_field is None else {"total_pages_field": self.total_pages_field}
 
     @property
     def plans_ahead(self) -> bool:
@@ -159,7 +189,10 @@ class OffsetPagination(_Style):
     offset_param: str = "offset"
     limit_param: str = "limit"
     limit: PositiveInt = 100
-    total_field: str | None = None
+    total_field: FieldPath | None = None
+
+    def body_fields(self) -> dict[str, str]:
+        return {} if self.total_field is None else {"total_field": self.total_field}
 
     @property
     def plans_ahead(self) -> bool:
@@ -207,9 +240,12 @@ class CursorPagination(_Style):
 
     style: Literal["cursor"] = "cursor"
     cursor_param: str = "cursor"
-    cursor_field: str = "next_cursor"
+    cursor_field: FieldPath = "next_cursor"
     size_param: str | None = None
     page_size: PositiveInt | None = None
+
+    def body_fields(self) -> dict[str, str]:
+        return {"cursor_field": self.cursor_field}
 
     def first_request(self) -> PageRequest:
         return PageRequest(_size_params(self.size_param, self.page_size))
@@ -230,7 +266,8 @@ class LinkHeaderPagination(_Style):
     """RFC 8288 `Link: <url>; rel="next"`; the pages end when the response has no such link."""
 
     style: Literal["link_header"] = "link_header"
-    records_field: str | None = None
+    # The usual Link-header API sends the bare array; a config must say so (see the module docstring).
+    records_field: FieldPath | None = None
     size_param: str | None = None
     page_size: PositiveInt | None = None
     rel: str = "next"
@@ -279,9 +316,28 @@ def _size_params(size_param: str | None, page_size: int | None) -> dict[str, Any
     return {size_param: page_size} if size_param is not None and page_size is not None else {}
 
 
+# Styles whose records_field default is not `data`: a config must state records_field for them.
+STYLES_WITHOUT_RECORDS_DEFAULT = ("link_header",)
+
+
+def _records_field_stated(config: Any) -> Any:
+    """A config of a style whose default differs from the others' must state records_field."""
+    if (
+        isinstance(config, Mapping)
+        and config.get("style") in STYLES_WITHOUT_RECORDS_DEFAULT
+        and "records_field" not in config
+    ):
+        raise ValueError(
+            f"{config['style']} pagination needs records_field stated: the dotted path of the record "
+            "list in the body (data, items ...), or null when the body is the array itself"
+        )
+    return config
+
+
 Pagination = Annotated[
     PageNumberPagination | OffsetPagination | CursorPagination | LinkHeaderPagination,
     Field(discriminator="style"),
+    BeforeValidator(_records_field_stated),
 ]
 
 _PAGINATION_ADAPTER: TypeAdapter[Pagination] = TypeAdapter(Pagination)

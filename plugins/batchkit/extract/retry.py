@@ -3,7 +3,7 @@
 Transient: connection errors, timeouts, truncated bodies, 408, 429 and 5xx, and TransientError (the
 shared rate limit's store unreachable) — retried with exponential
 backoff and full jitter, or after the server's Retry-After (both RFC 9110 forms, capped). Permanent: any
-other 4xx (and unexpected 3xx) — AirflowFailException at once, so neither this loop nor Airflow's task
+other 4xx (and unexpected 3xx) — PermanentSourceError (batchkit.errors) at once, so neither this loop nor Airflow's task
 retries hammer a request that cannot succeed. When the retries run out, RetriesExhaustedError (an
 ordinary exception) leaves the decision to the task's own retries.
 """
@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 
 import requests
 import tenacity
-from airflow.sdk.exceptions import AirflowFailException
+
+from batchkit.errors import PermanentSourceError
 
 T = TypeVar("T")
 
@@ -79,12 +80,12 @@ def body_excerpt(response: requests.Response) -> str:
 
 
 def check_status(response: requests.Response, request: str) -> None:
-    """Raise for a failed response: TransientHttpError to retry, AirflowFailException to stop.
+    """Raise for a failed response: TransientHttpError to retry, PermanentSourceError to stop.
 
     `request` names what was asked ("GET /v1/orders page 3"), never headers or credentials.
     """
     status = response.status_code
-    if 200 <= status < 300 or status == 304:
+    if 200 <= status < 300:
         return
     if is_transient_status(status):
         raise TransientHttpError(
@@ -94,7 +95,7 @@ def check_status(response: requests.Response, request: str) -> None:
             parse_retry_after(response.headers.get("Retry-After")),
             body_excerpt(response),
         )
-    raise AirflowFailException(
+    raise PermanentSourceError(
         f"{request} failed with HTTP {status} {response.reason} (permanent, not retried): "
         f"{body_excerpt(response)}"
     )

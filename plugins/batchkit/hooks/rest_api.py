@@ -8,8 +8,8 @@ basic auth (login/password), verify/proxies, and extra keys as request headers. 
   `timeout` (seconds, or [connect, read]), else DEFAULT_TIMEOUT.
 - A client-side rate limit per connection id, shared by every process on every machine
   (batchkit.extract.ratelimit): connection extra `requests_per_second` (or the argument) and `burst`.
-- Retries inside the task (batchkit.extract.retry), pagination (batchkit.extract.pagination), resume
-  from a Page.next_state, and conditional requests when the caller keeps a validator store.
+- Retries inside the task (batchkit.extract.retry), pagination (batchkit.extract.pagination), and resume
+  from a Page.next_state.
 
 Only the endpoint, query params and status reach logs and errors; headers (credentials) never do, and
 the Task SDK masks the connection's password and extra in task logs.
@@ -22,7 +22,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -31,8 +31,8 @@ import msgspec
 import requests
 import tenacity
 from airflow.providers.http.hooks.http import HttpHook
-from airflow.sdk.exceptions import AirflowFailException
 
+from batchkit.errors import DataRejectedError
 from batchkit.extract.pagination import PageFormatError, PageRequest, PageResponse, Pagination
 from batchkit.extract.ratelimit import RateLimiter, limiter_for
 from batchkit.extract.retry import TRANSIENT_EXCEPTIONS, RetryPolicy, check_status
@@ -44,10 +44,6 @@ RATE_EXTRA_KEY = "requests_per_second"
 BURST_EXTRA_KEY = "burst"
 
 log = get_logger(__name__)
-
-# Maps a page's request URL to {"etag": ..., "next": <PageRequest.to_state(...) or None>}. JSON-able,
-# so a caller can persist it between runs; see RestApiHook.iter_pages.
-ValidatorStore = MutableMapping[str, Mapping[str, Any]]
 
 
 class BearerAuth(requests.auth.AuthBase):
@@ -128,7 +124,6 @@ class RestApiHook(HttpHook):
         pagination: Pagination,
         params: Mapping[str, Any] | None = None,
         resume_from: Mapping[str, Any] | None = None,
-        validators: ValidatorStore | None = None,
         max_concurrency: int = 1,
         prefetch: bool = True,
     ) -> Iterator[Page]:
@@ -151,11 +146,6 @@ class RestApiHook(HttpHook):
         waits for the requests in flight (their retries stop at once). Memory stays flat: at most
         three pages exist at once with prefetch (the consumer's, the queued one, the one in flight), at
         most `max_concurrency` + 1 with concurrent fetching.
-
-        With `validators`, a page whose request URL has a stored ETag is requested with If-None-Match;
-        a 304 yields the page with no records (it is unchanged since the caller stored it) and continues
-        from the stored next request. Only sound for loads that upsert: a load that replaces everything
-        it is given would drop the unchanged pages' rows.
         """
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
@@ -179,7 +169,7 @@ class RestApiHook(HttpHook):
         stop = threading.Event()
 
         def fetch(number: int, request: PageRequest) -> _Fetched:
-            return self._fetch_page(endpoint, pagination, base_params, validators, number, request, stop)
+            return self._fetch_page(endpoint, pagination, base_params, number, request, stop)
 
         if not prefetch and concurrency == 1:
             while True:
@@ -237,7 +227,6 @@ class RestApiHook(HttpHook):
         endpoint: str,
         pagination: Pagination,
         base_params: Mapping[str, Any],
-        validators: ValidatorStore | None,
         number: int,
         request: PageRequest,
         stop: threading.Event,
@@ -254,27 +243,10 @@ class RestApiHook(HttpHook):
                 sorted({**base_params, **request.params}.items()),
             )
         prepared = session.prepare_request(requests.Request("GET", url, params=query))
-        validator = validators.get(prepared.url) if validators is not None else None
-        if validator is not None:
-            prepared.headers["If-None-Match"] = validator["etag"]
         response, retries = self._send(prepared, endpoint, what, stop)
-
-        remaining: list[PageRequest] | None = None
-        totals: tuple[int | None, int | None] = (None, None)
-        if response.status_code == 304 and validator is not None:
-            records: list[dict[str, Any]] = []
-            next_request = None if validator["next"] is None else PageRequest.from_state(validator["next"])[1]
-        else:
-            records, next_request, remaining, totals = self._parse(response, pagination, request, what)
-            etag = response.headers.get("ETag")
-            if validators is not None and etag:
-                validators[prepared.url] = {
-                    "etag": etag,
-                    "next": None if next_request is None else next_request.to_state(number + 1),
-                }
+        records, next_request, remaining, totals = self._parse(response, pagination, request, what)
         seconds = time.monotonic() - started
         latency_ms = round(seconds * 1000, 1)
-        not_modified = response.status_code == 304
         # Debug only: the consumer's one line per page (batchkit.sync, `sync_page_committed`) carries the
         # latency and retries from the Page, next to what became of the page's records.
         log.debug(
@@ -284,7 +256,6 @@ class RestApiHook(HttpHook):
             rows=len(records),
             latency_ms=latency_ms,
             retries=retries,
-            not_modified=not_modified,
         )
         count("extract.pages", endpoint=endpoint)
         count("extract.records", len(records), endpoint=endpoint)
@@ -297,7 +268,6 @@ class RestApiHook(HttpHook):
             total_records=totals[1],
             latency_ms=latency_ms,
             retries=retries,
-            not_modified=not_modified,
         )
         return _Fetched(page, next_request, remaining)
 
@@ -363,7 +333,7 @@ class RestApiHook(HttpHook):
         try:
             body = msgspec.json.decode(response.content)
         except msgspec.DecodeError as error:
-            raise AirflowFailException(
+            raise DataRejectedError(
                 f"{what}: response is not valid JSON ({error}); a data error, not retried"
             ) from error
         try:
@@ -376,7 +346,7 @@ class RestApiHook(HttpHook):
                 pagination.stated_totals(parsed),
             )
         except PageFormatError as error:
-            raise AirflowFailException(f"{what}: {error}") from error
+            raise DataRejectedError(f"{what}: {error}") from error
 
 
 class FetchCancelledError(Exception):

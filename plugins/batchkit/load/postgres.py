@@ -151,7 +151,7 @@ def prepare_staging(conn: psycopg.Connection, target: TargetSpec, run_scope: str
 
 def staging_row_count(conn: psycopg.Connection, staging: Staging) -> int | None:
     """Rows in the staging table, or None when it does not exist."""
-    if not _exists(conn, staging.table):
+    if not table_exists(conn, staging.table):
         return None
     return conn.execute(
         sql.SQL("SELECT count(*) FROM {}").format(checked_identifier(staging.table, "staging table"))
@@ -365,7 +365,7 @@ def _latest_staged_rows(staging: Staging) -> sql.Composed:
 
 
 def _create_staging_if_missing(conn: psycopg.Connection, staging: Staging) -> None:
-    if _exists(conn, staging.table):
+    if table_exists(conn, staging.table):
         return
     conn.execute(
         sql.SQL(
@@ -379,7 +379,8 @@ def _create_staging_if_missing(conn: psycopg.Connection, staging: Staging) -> No
     )
 
 
-def _exists(conn: psycopg.Connection, table: str) -> bool:
+def table_exists(conn: psycopg.Connection, table: str) -> bool:
+    """Whether `table` (schema-qualified, or on the search path) exists."""
     return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]
 
 

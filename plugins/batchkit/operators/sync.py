@@ -26,7 +26,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowRescheduleExcept
 from batchkit.checkpoints import RunIdentity
 from batchkit.contracts import RecordContract
 from batchkit.dag_factory import dry_run_requested
-from batchkit.errors import DataRejectedError, IntervalBusyError
+from batchkit.errors import DataRejectedError, IntervalBusyError, IntervalUndefinedError, PermanentSourceError
 from batchkit.extract.pagination import Pagination
 from batchkit.extract.retry import RetryPolicy
 from batchkit.intervals import task_interval
@@ -40,16 +40,24 @@ RESCHEDULE_BUSY_AFTER = timedelta(seconds=30)
 log = get_logger(__name__)
 
 
+# The core's errors that no retry can fix: the task fails at once, its retries unused.
+FAIL_NOW = (DataRejectedError, PermanentSourceError, IntervalUndefinedError)
+
+
 @contextmanager
-def airflow_outcome(identity: RunIdentity) -> Iterator[None]:
-    """Translate the core's errors (batchkit.errors) into what Airflow should do about them."""
+def airflow_outcome(identity: RunIdentity | None = None) -> Iterator[None]:
+    """Translate the core's errors (batchkit.errors) into what Airflow should do about them.
+
+    `identity` is None only while the run's identity is being resolved (its interval may not exist).
+    """
     try:
         yield
-    except DataRejectedError as error:
+    except FAIL_NOW as error:
         raise AirflowFailException(str(error)) from error
     except IntervalBusyError as error:
         when = datetime.now(UTC) + RESCHEDULE_BUSY_AFTER
-        log.info("sync_rescheduled_interval_busy", interval=identity.interval.label(), until=when.isoformat())
+        interval = identity.interval.label() if identity is not None else None
+        log.info("sync_rescheduled_interval_busy", interval=interval, until=when.isoformat())
         raise AirflowRescheduleException(reschedule_date=when) from error
 
 
@@ -125,11 +133,13 @@ class _IntervalSyncOperator(BaseOperator):
         self.max_quarantine_ratio = max_quarantine_ratio
 
     def identity(self, context: Mapping[str, Any]) -> RunIdentity:
+        with airflow_outcome():
+            interval = task_interval(context)
         return RunIdentity(
             dag_id=self.dag_id,
-            task_id=self.sync_key,
+            sync_key=self.sync_key,
             run_id=context["run_id"],
-            interval=task_interval(context),
+            interval=interval,
         )
 
     def warehouse(self) -> Any:
