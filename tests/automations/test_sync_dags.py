@@ -393,6 +393,14 @@ def test_a_record_outside_the_accepted_values_fails_the_check_that_names_its_col
         (task, check) for task, check, _, passed, *_ in quality_rows(warehouse, run.run_id) if not passed
     ]
     assert failed == [("check_rows_and_freshness", "status_accepted_values")]
+    (alert,) = [
+        a
+        for a in upstream.alerts()
+        if a.get("run_id") == run.run_id and a.get("task_id") == "check_rows_and_freshness"
+    ]
+    assert alert["error"].splitlines()[0] == (
+        "AirflowFailException: Data-quality check(s) failed: status_accepted_values"
+    ), "the alert's first line must name the failing check"
 
 
 def test_loading_the_same_interval_twice_leaves_the_table_identical(

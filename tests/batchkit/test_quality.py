@@ -83,8 +83,14 @@ def test_column_checks_record_every_result_and_fail_exactly_as_common_sql_does(
     failure = failure_of(recorded, context)
     task_log = capfd.readouterr().out
 
-    assert failure == failure_of(plain, task_context("check_keys"))
-    assert failure.startswith("AirflowException: Test failed.")
+    common_sql_failure = failure_of(plain, task_context("check_keys"))
+    # The same type and message as common-sql's, under a first line (what alerts show) naming the failure.
+    assert failure == common_sql_failure.replace(
+        "AirflowException: ",
+        "AirflowException: Data-quality check(s) failed: name.null_check (column name)\n",
+        1,
+    )
+    assert common_sql_failure.startswith("AirflowException: Test failed.")
     assert "Column: name\n\tCheck: null_check," in failure
     assert "Column: id" not in failure
     assert stored(warehouse, context["run_id"]) == [
@@ -125,8 +131,11 @@ def test_table_checks_record_a_pass_and_a_fail_and_keep_common_sqls_outcome(
 
     failure = failure_of(recorded, context)
 
-    assert failure == failure_of(plain, task_context("check_rows"))
-    assert failure.startswith("AirflowFailException: Test failed.")
+    common_sql_failure = failure_of(plain, task_context("check_rows"))
+    assert failure == common_sql_failure.replace(
+        "AirflowFailException: ", "AirflowFailException: Data-quality check(s) failed: all_named\n", 1
+    )
+    assert common_sql_failure.startswith("AirflowFailException: Test failed.")
     assert "Check: all_named," in failure
     assert stored(warehouse, context["run_id"]) == [
         ("check_rows", 1, START, END, table, "all_named", None, False, "all truthy", "0"),

@@ -100,6 +100,16 @@ def quality_results(check_results: Sequence[common_sql.SQLCheckResult]) -> list[
     ]
 
 
+def failed_checks_line(results: Sequence[QualityResult]) -> str | None:
+    """`Data-quality check(s) failed: status_accepted_values, amount.min (column amount)`, or None."""
+    failed = [
+        f"{r.check_name} (column {r.column_name})" if r.column_name else r.check_name
+        for r in results
+        if not r.passed
+    ]
+    return f"Data-quality check(s) failed: {', '.join(failed)}" if failed else None
+
+
 def render_results(results: Sequence[QualityResult]) -> str:
     """The results as a fixed-width text table, one line per check, e.g.
 
@@ -215,9 +225,14 @@ class _RecordedChecks:
     def _recorded(self, context: Mapping[str, Any]) -> Iterator[None]:
         try:
             yield
-        except Exception:
+        except Exception as error:
             self._record(context, checks_failed=True)
-            raise
+            failed = failed_checks_line(quality_results(self.check_results))
+            if failed is None:
+                raise
+            # Alerts and digests show an error's first line: make it name the failing checks, ahead of
+            # common-sql's own message (same exception type, so retry_on_failure keeps its meaning).
+            raise type(error)(f"{failed}\n{error}") from error
         self._record(context, checks_failed=False)
         self._put_counts_on_outlets(context)
 
