@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: help venv run stop status bench-production bench-celery db-clean test test-fast dag-test psql secrets-scan chaos lint format lock bench clean browser backfill clear-failed pause unpause import-errors silence new-sync catalog
+.PHONY: help venv run stop status bench-production bench-celery db-clean test test-fast dag-test psql secrets-scan chaos lint format lock bench clean browser backfill clear-failed pause unpause import-errors silence new-sync catalog migrate
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -72,6 +72,9 @@ test-fast: lint secrets-scan ## lint, secret scan, unit + integration tests on a
 
 dag-test: $(INSTALLED) ## `airflow dags test` DAG=.. DATE=.. against make run's databases (syncs: make run for the demo API)
 	$(BIN)/python -m tools.dag_test '$(DAG)' '$(DATE)'
+
+migrate: $(INSTALLED) ## bring the warehouse's control tables (batch_meta) to this code's version (include/sql/migrations)
+	$(BIN)/python -m tools.migrate
 
 psql: $(INSTALLED) ## psql into make run's warehouse as warehouse_rw [SQL="select ..."]
 	$(BIN)/python -m tools.psql $(if $(SQL),-c "$(SQL)")

@@ -44,6 +44,7 @@ from tools.airflow_api import AirflowApi, wait_for
 from tools.airflow_env import ADMIN_USER
 from tools.demo_upstream import DEFAULT_PER_DAY, Volumes, select
 from tools.metadb import PgServer, drop_database, ensure_database
+from tools.migrate import migrate_conninfo
 from tools.stack import AirflowStack
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -161,6 +162,7 @@ def main() -> None:
     metadata_db, warehouse_db = f"bench_bf_meta_{suffix}", f"bench_bf_wh_{suffix}"
     ensure_database(server, metadata_db)
     ensure_database(server, warehouse_db)
+    migrate_conninfo(server.conninfo(warehouse_db), label=warehouse_db)
     tmp = Path(tempfile.mkdtemp(prefix="bench-backfill-"))
     dags = tmp / "dags"
     dags.mkdir()

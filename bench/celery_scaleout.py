@@ -64,6 +64,7 @@ from tools.airflow_env import ADMIN_USER
 from tools.broker import EmbeddedRedis
 from tools.demo_upstream import DEFAULT_PER_DAY, Volumes, select
 from tools.metadb import PgServer, drop_database, ensure_database
+from tools.migrate import migrate_conninfo
 from tools.stack import AirflowStack, CeleryCluster, parse_worker_queues
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -216,6 +217,7 @@ def run_config(
         )
     for database in databases:
         ensure_database(server, database)
+    migrate_conninfo(server.conninfo(wh_db), label=wh_db)
     print(f"\n=== {config.name}: {config.describe()}  (load {load()})", flush=True)
     print("    settings: " + json.dumps(settings), flush=True)
     stack = AirflowStack(

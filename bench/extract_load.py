@@ -57,6 +57,7 @@ from include.contracts.orders import CONTRACT, TARGET
 from tests.upstream import Upstream, running_upstream
 from tools.demo_upstream import Volumes, select
 from tools.metadb import PgServer, drop_database, ensure_database
+from tools.migrate import migrate_conninfo
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 ENDPOINT = "/v1/cursor/orders"
@@ -294,6 +295,7 @@ def main() -> None:
     server, _ = PgServer.from_url(os.environ.get("BENCH_PG_URL", DEFAULT_URL))
     database = f"bench_extract_load_{os.getpid()}"
     ensure_database(server, database)
+    migrate_conninfo(server.conninfo(database), label=database)
     runs: list[dict] = []
     try:
         with running_upstream() as upstream:

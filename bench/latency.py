@@ -45,6 +45,7 @@ from bench.extract_load import interval_query, reset_warehouse
 from include.contracts.orders import CONTRACT, TARGET
 from tests.upstream import running_upstream
 from tools.metadb import PgServer, drop_database, ensure_database
+from tools.migrate import migrate_conninfo
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 API_CONN_ID, WAREHOUSE_CONN_ID = "demo_api", "bench_warehouse"
@@ -166,6 +167,7 @@ def main() -> None:
     server, _ = PgServer.from_url(os.environ.get("BENCH_PG_URL", DEFAULT_URL))
     database = f"bench_latency_{os.getpid()}"
     ensure_database(server, database)
+    migrate_conninfo(server.conninfo(database), label=database)
     all_modes = modes(args.page_size)
     names = args.modes or list(all_modes)
     runs: list[dict] = []

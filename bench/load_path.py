@@ -50,6 +50,7 @@ from batchkit.sync import merge_interval, stage_interval
 from bench.common import write_result
 from include.contracts.orders import CONTRACT, TARGET
 from tools.metadb import PgServer, drop_database, ensure_database
+from tools.migrate import migrate_conninfo
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 INTERVAL = DataInterval(datetime(2024, 5, 1, tzinfo=UTC), datetime(2024, 5, 2, tzinfo=UTC))
@@ -157,6 +158,7 @@ def main() -> None:
     server, _ = PgServer.from_url(os.environ.get("BENCH_PG_URL", DEFAULT_URL))
     database = f"bench_load_path_{os.getpid()}"
     ensure_database(server, database)
+    migrate_conninfo(server.conninfo(database), label=database)
     os.environ["AIRFLOW_CONN_BENCH_WAREHOUSE"] = server.airflow_connection_json(database)
     try:
         rows = generate_rows(args.rows)

@@ -161,12 +161,14 @@ def main() -> None:
     from bench.extract_load import interval_query, reset_warehouse
     from tests.upstream import running_upstream
     from tools.metadb import PgServer, drop_database, ensure_database
+    from tools.migrate import migrate_conninfo
 
     python = ensure_dlt_venv()
     version = dlt_version(python)
     server, _ = PgServer.from_url(os.environ.get("BENCH_PG_URL", DEFAULT_URL))
     database = f"bench_peer_dlt_{os.getpid()}"
     ensure_database(server, database)
+    migrate_conninfo(server.conninfo(database), label=database)
     conninfo = server.conninfo(database)
     dsn = _dsn(conninfo)
     pipelines_dir = tempfile.mkdtemp(prefix="bench-dlt-pipelines-")

@@ -550,6 +550,26 @@ def test_init_runs_the_migration_once_every_placeholder_is_replaced() -> None:
     assert result.returncode == 127, f"{init_script()[0]}: exit {result.returncode}: {result.stderr}"
 
 
+def test_init_migrates_the_warehouse_control_tables_as_the_warehouse_owner() -> None:
+    """Tasks only check the control tables' version (batchkit.migrations.require_current): the init
+    service must bring them to it, after Airflow's own migration, with the code and SQL it needs."""
+    name, command = init_script()
+    steps = [line.strip() for line in command[2].splitlines()]
+    assert "python -m tools.migrate" in steps, f"service {name}: no `python -m tools.migrate` step"
+    assert steps.index("python -m tools.migrate") > steps.index("airflow db migrate"), (
+        f"service {name}: order"
+    )
+    service = services()[name]
+    env = environment(service)
+    # tools.migrate connects with WAREHOUSE_*: the role that owns the warehouse database (init script).
+    assert env["WAREHOUSE_USER"] == "warehouse", f"service {name}: WAREHOUSE_USER"
+    assert re.search(r"CREATE DATABASE warehouse OWNER warehouse", postgres_init_scripts())
+    assert env["BATCHKIT_INCLUDE_DIR"] == "/opt/airflow/include", f"service {name}: BATCHKIT_INCLUDE_DIR"
+    assert {"/opt/airflow/tools", "/opt/airflow/plugins", "/opt/airflow/include"} <= set(mounts(service)), (
+        f"service {name}: tools.migrate needs tools/, plugins/ (batchkit) and include/ (the migrations)"
+    )
+
+
 # --- least privilege: which service sees which secret (SECURITY.md) --------------------------------
 
 INIT_DIR_TARGET = "/docker-entrypoint-initdb.d"

@@ -6,13 +6,17 @@ Writes, for NAME (a dag_id) in domain D with target table D.<table>:
 
     include/automations/NAME.yaml            the sync (batchkit.sync_spec.SyncSpec), against the demo API
     dags/D/NAME.py                           the two-line DAG file that builds it
-    include/contracts/NAME.py                the record model (CONTRACT) and the table it loads (TARGET)
+    include/contracts/<table>.py             the record model (CONTRACT) and the table it loads (TARGET)
     include/sql/targets/D_<table>.sql        that table's DDL
     tests/automations/test_NAME_spec.py      the spec loads, the DAG parses with the sync's tasks, the DDL
                                              fits the contract
 
 The defaults read `--resource` (orders or customers) of the demo upstream API (tools/demo_upstream.py)
 through the `demo_api` connection and pool; <table> is NAME without its `D_` prefix and `_sync` suffix.
+The contract is named after the records it describes, the table's name, as every contract is (orders.py
+loads sales.orders); the YAML names it and takes the table and key from it. What a demo resource's
+records hold (fields, types, key) is read from the repo's contract of that resource (DEMO_RESOURCES), so
+the scaffold's model and DDL are derived, never a second copy of them.
 The domain defaults to NAME's first word when that is a taxonomy domain. Nothing is written when NAME is
 not a valid dag_id, when any of the files (or a DAG file of that name in another domain) exists, or when
 the generated YAML would not validate.
@@ -42,9 +46,11 @@ from croniter import croniter
 from pydantic import ValidationError
 
 from batchkit.load.identifiers import IDENTIFIER_PATTERN
-from batchkit.sync_spec import DAG_ID_PATTERN, SyncSpec
+from batchkit.sync_spec import DAG_ID_PATTERN, SyncSpec, contract_module
 from batchkit.taxonomy import DOMAIN_PREFIX, Tag
+from include.contracts import target_columns
 from tools import REPO_ROOT
+from tools.demo_upstream import RESOURCES
 
 DOMAINS = tuple(sorted(tag.value.removeprefix(DOMAIN_PREFIX) for tag in Tag if tag.startswith(DOMAIN_PREFIX)))
 OWNER_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{1,62}$")
@@ -67,6 +73,16 @@ class ScaffoldError(ValueError):
     """A NAME or option the scaffold refuses, or a file it would overwrite."""
 
 
+# The shared type of include/contracts/__init__.py the scaffold writes for a column of each Postgres type
+# (format_type's spelling, as include.contracts.target_columns gives it), and how its DDL spells it.
+SCAFFOLD_TYPES = {
+    "bigint": ("RecordId", "bigint"),
+    "text": ("Text", "text"),
+    "timestamp with time zone": ("Timestamp", "timestamptz"),
+    "numeric(12,2)": ("Money", "numeric(12,2)"),
+}
+
+
 @dataclass(frozen=True)
 class Column:
     name: str
@@ -78,33 +94,29 @@ class Column:
 class DemoResource:
     """A resource of the demo upstream API: the fields its records carry, and its key."""
 
-    key: str
+    key: tuple[str, ...]
     columns: tuple[Column, ...]
 
 
-DEMO_RESOURCES = {
-    "orders": DemoResource(
-        key="order_id",
-        columns=(
-            Column("order_id", "RecordId", "bigint"),
-            Column("customer_id", "RecordId", "bigint"),
-            Column("order_ts", "Timestamp", "timestamptz"),
-            Column("updated_at", "Timestamp", "timestamptz"),
-            Column("amount", "Money", "numeric(12,2)"),
-            Column("status", "Text", "text"),
-        ),
-    ),
-    "customers": DemoResource(
-        key="customer_id",
-        columns=(
-            Column("customer_id", "RecordId", "bigint"),
-            Column("name", "Text", "text"),
-            Column("email", "Text", "text"),
-            Column("country", "Text", "text"),
-            Column("updated_at", "Timestamp", "timestamptz"),
-        ),
-    ),
-}
+def demo_resource(resource: str) -> DemoResource:
+    """What the repo's contract of `resource` (include/contracts/<resource>.py) declares: its target's
+    columns in order, each as the shared type of its Postgres type, and its key."""
+    module = contract_module(resource)
+    declared = {column.name: column for column in target_columns(module.CONTRACT.model)}
+    columns = []
+    for name in module.TARGET.columns:
+        sql_type = declared[name].sql_type
+        if sql_type not in SCAFFOLD_TYPES:
+            raise ValueError(
+                f"include/contracts/{resource}.py: column {name} is {sql_type}, which the scaffold has no "
+                f"shared type for; add it to SCAFFOLD_TYPES ({', '.join(SCAFFOLD_TYPES)})"
+            )
+        contract_type, ddl_type = SCAFFOLD_TYPES[sql_type]
+        columns.append(Column(name, contract_type, ddl_type))
+    return DemoResource(key=module.TARGET.key, columns=tuple(columns))
+
+
+DEMO_RESOURCES = {resource: demo_resource(resource) for resource in RESOURCES}
 
 DAG_FILE = '''"""Airflow DAG built from include/automations/<this file's name>.yaml: the YAML is the whole definition.
 
@@ -120,7 +132,7 @@ SPEC_TEMPLATE = Template("""\
 # Demo API $resource into $table, one day per run. Validated by batchkit.sync_spec.SyncSpec;
 # built into a DAG by dags/$domain/$name.py. Catalog: docs/dags.md.
 # Scaffolded by `make new-sync`: point `source` at the real system, then make the contract and the
-# DDL match its records: include/contracts/$name.py, include/sql/targets/$ddl_stem.sql.
+# DDL match its records: include/contracts/$contract.py, include/sql/targets/$ddl_stem.sql.
 dag_id: $name
 description: Daily sync of the demo API's $resource changed that day into the warehouse table $table.
 owner: $owner
@@ -143,12 +155,11 @@ source:
   pool: demo_api
   pagination: {style: page_number, page_param: page, size_param: page_size, page_size: 500, total_pages_field: total_pages, records_field: data}
   interval_params: {start: updated_since, end: updated_before}
-  contract: $name
+  contract: $contract
 target:
+  # table and key: the contract's TARGET (include/contracts/$contract.py), $table on $key
   conn_id: warehouse
   pool: warehouse
-  table: $table
-  key: [$key]
   merge: upsert
   interval_column: $interval_column
 quality:
@@ -160,7 +171,7 @@ runbook: |
   - `extract_stage` failed after retries with 429/5xx: the source is degraded; clear the task later,
     it resumes from its last committed page.
   - `verify_quarantine` failed: more than 5% of the records broke the contract
-    (include/contracts/$name.py). The records and their errors are in `batch_meta.quarantine`; fix
+    (include/contracts/$contract.py). The records and their errors are in `batch_meta.quarantine`; fix
     the source (or the contract), then clear the run.
   - `check_rows_and_freshness` failed: the interval has no $resource, or the newest is more than 6 h
     older than the interval end; check the source's own export before clearing.
@@ -170,7 +181,7 @@ CONTRACT_TEMPLATE = Template('''\
 """Demo API $resource (GET /v1/$resource), loaded into $table (include/sql/targets/$ddl_stem.sql).
 
 Scaffolded by `make new-sync`: change the fields to what the real source sends and the warehouse needs,
-and keep the DDL's columns in step with them.
+and keep the DDL's columns in step with them (tests/batchkit/test_contracts.py compares the two).
 """
 
 from __future__ import annotations
@@ -184,18 +195,18 @@ class $model(SourceRecord):
 $fields
 
 
-CONTRACT = RecordContract(source="$name", model=$model)
+CONTRACT = RecordContract(source="$contract", model=$model)
 TARGET = TargetSpec(
     table="$table",
     ddl="sql/targets/$ddl_stem.sql",
     columns=tuple($model.model_fields),
-    key=("$key",),
+    key=$key_tuple,
 )
 ''')
 
 DDL_TEMPLATE = Template("""\
 -- Demo API $resource, one row per $key, kept current by upsert on $key.
--- Contract: include/contracts/$name.py. Scaffolded by `make new-sync`.
+-- Contract: include/contracts/$contract.py. Scaffolded by `make new-sync`.
 CREATE SCHEMA IF NOT EXISTS $schema;
 
 CREATE TABLE IF NOT EXISTS $table (
@@ -275,6 +286,11 @@ class Scaffold:
         return f"{self.schema}_{self.table_name}"
 
     @property
+    def contract(self) -> str:
+        """The contract module's name: the records it describes, named as the table is."""
+        return self.table_name
+
+    @property
     def demo(self) -> DemoResource:
         return DEMO_RESOURCES[self.resource]
 
@@ -283,7 +299,7 @@ class Scaffold:
         return {
             Path("include/automations", f"{self.name}.yaml"): self.spec_yaml(),
             Path("dags", self.domain, f"{self.name}.py"): DAG_FILE,
-            Path("include/contracts", f"{self.name}.py"): self.contract_py(),
+            Path("include/contracts", f"{self.contract}.py"): self.contract_py(),
             Path("include/sql/targets", f"{self.ddl_stem}.sql"): self.ddl_sql(),
             Path("tests/automations", f"test_{self.name}_spec.py"): self.test_py(),
         }
@@ -297,7 +313,12 @@ class Scaffold:
             "schema": self.schema,
             "table": self.table,
             "ddl_stem": self.ddl_stem,
-            "key": self.demo.key,
+            "contract": self.contract,
+            "key": ", ".join(self.demo.key),
+            # Double quotes and the one-element comma, as ruff format writes a tuple.
+            "key_tuple": "(" + ", ".join(f'"{column}"' for column in self.demo.key) + ",)"
+            if len(self.demo.key) == 1
+            else "(" + ", ".join(f'"{column}"' for column in self.demo.key) + ")",
             "interval_column": INTERVAL_COLUMN,
             "start_date": self.start_date.isoformat(),
             "cron": CRON,
@@ -339,8 +360,10 @@ class Scaffold:
         width = max(len(column.name) for column in self.demo.columns) + 2
         lines = []
         for column in self.demo.columns:
-            constraint = "PRIMARY KEY" if column.name == self.demo.key else "NOT NULL"
+            constraint = "PRIMARY KEY" if self.demo.key == (column.name,) else "NOT NULL"
             lines.append(f"    {column.name.ljust(width)}{column.sql_type.ljust(15)}{constraint}".rstrip())
+        if len(self.demo.key) > 1:
+            lines.append(f"    PRIMARY KEY ({', '.join(self.demo.key)})")
         return DDL_TEMPLATE.substitute(self._fields(), columns=",\n".join(lines))
 
     def test_py(self) -> str:
@@ -359,8 +382,7 @@ def plan(name: str, *, domain: str | None, owner: str | None, resource: str, sta
     """The scaffold for NAME, after checking every input; ScaffoldError names what is wrong."""
     if not re.fullmatch(DAG_ID_PATTERN, name) or keyword.iskeyword(name):
         raise ScaffoldError(
-            f"NAME {name!r} is not a valid dag_id: it must match {DAG_ID_PATTERN} "
-            "(it also names the contract module, so not a Python keyword)"
+            f"NAME {name!r} is not a valid dag_id: it must match {DAG_ID_PATTERN} (and not be a Python keyword)"
         )
     domain = domain or _domain_of(name)
     if domain not in DOMAINS:
@@ -373,10 +395,11 @@ def plan(name: str, *, domain: str | None, owner: str | None, resource: str, sta
             f"--resource {resource!r} is not a demo API resource; one of {sorted(DEMO_RESOURCES)}"
         )
     scaffold = Scaffold(name=name, domain=domain, owner=owner, resource=resource, start_date=start_date)
-    if not IDENTIFIER_PATTERN.fullmatch(scaffold.table_name):
+    if not IDENTIFIER_PATTERN.fullmatch(scaffold.table_name) or keyword.iskeyword(scaffold.table_name):
         raise ScaffoldError(
             f"NAME {name!r} gives the table name {scaffold.table_name!r}, which does not match "
-            f"{IDENTIFIER_PATTERN.pattern}; choose a NAME like {domain}_<table>_sync"
+            f"{IDENTIFIER_PATTERN.pattern} or is a Python keyword (it names the contract module too); "
+            f"choose a NAME like {domain}_<table>_sync"
         )
     _check_generated_spec(scaffold)
     return scaffold

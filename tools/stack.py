@@ -818,6 +818,25 @@ def warehouse_env(admin: PgServer, private_secrets: Mapping[str, str]) -> dict[s
     }
 
 
+def migrate_warehouse(warehouse: Mapping[str, str]) -> None:
+    """The warehouse's control tables to this code's version (batchkit.migrations, include/sql/migrations),
+    as the warehouse role, which owns its database (`make migrate` does the same by hand)."""
+    from psycopg.conninfo import make_conninfo
+
+    from tools.migrate import migrate_conninfo
+
+    migrate_conninfo(
+        make_conninfo(
+            host=warehouse["WAREHOUSE_HOST"],
+            port=warehouse["WAREHOUSE_PORT"] or "5432",
+            user=warehouse["WAREHOUSE_USER"],
+            password=warehouse["WAREHOUSE_PASSWORD"],
+            dbname=warehouse["WAREHOUSE_DB"],
+        ),
+        label=f"warehouse DB {warehouse['WAREHOUSE_DB']}",
+    )
+
+
 def _redact(url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -928,6 +947,8 @@ def run(choice: ExecutorChoice = ExecutorChoice()) -> int:
     SUPERVISOR_PID.write_text(str(os.getpid()))
     try:
         t0 = time.monotonic()
+        # Before any component starts: tasks only check the control tables' version, never create them.
+        migrate_warehouse(databases.warehouse)
         print("migrating the metadata DB and applying airflow_settings.yaml ...", flush=True)
         stack.prepare()
         # Shown once, on this terminal only (never in .local/logs); afterwards the file holds it.

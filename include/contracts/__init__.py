@@ -12,13 +12,24 @@ Shared choices for every source:
   rejected: seconds or milliseconds is a guess, and naive times are a guess about the zone).
 - Text cannot hold NUL characters (Postgres text rejects them), so a record carrying one is rejected
   here with a clear error instead of failing the COPY of its whole page.
+
+A contract module (include/contracts/<name>.py, named after the records it describes, which is also the
+target table's name: orders.py loads sales.orders) is the one declaration of its sync's target: CONTRACT
+holds the model, TARGET the table, its columns (the model's fields, in order), its key and its DDL file
+(include/sql/targets/<schema>_<table>.sql). Each column's Postgres type and nullability follow from the
+field (`target_columns`): the shared types below carry theirs (`SqlType`), other fields map from their
+Python type. The sync YAML names the contract and may restate the table and key, which must then match;
+tests/batchkit/test_contracts.py applies every DDL file to a scratch database and fails, naming the file
+and column, where it differs from its contract.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+import types
+from dataclasses import dataclass
+from datetime import date, datetime
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -85,7 +96,74 @@ def money(*, whole_digits: int = 10, decimal_places: int = 2, non_negative: bool
             f"{decimal_places} after{', not negative' if non_negative else ''}, as a JSON number or string"
         ),
     )
-    return Annotated[Decimal, GetPydanticSchema(lambda _source, _handler: schema)]
+    return Annotated[
+        Decimal,
+        GetPydanticSchema(lambda _source, _handler: schema),
+        SqlType(f"numeric({whole_digits + decimal_places},{decimal_places})"),
+    ]
+
+
+@dataclass(frozen=True)
+class SqlType:
+    """The Postgres column type of a contract field, as `format_type` spells it ("numeric(12,2)").
+
+    Annotated metadata: pydantic ignores it; `target_columns` reads it. Fields without one get the type
+    of their Python type (PYTHON_SQL_TYPES).
+    """
+
+    name: str
+
+
+# The column type of a field without an SqlType, by its Python type.
+PYTHON_SQL_TYPES: dict[type, str] = {
+    bool: "boolean",
+    int: "bigint",
+    float: "double precision",
+    str: "text",
+    Decimal: "numeric",
+    datetime: "timestamp with time zone",
+    date: "date",
+}
+
+
+@dataclass(frozen=True)
+class Column:
+    """A target column as its contract field declares it."""
+
+    name: str
+    sql_type: str
+    nullable: bool
+
+
+def target_columns(model: type[BaseModel]) -> tuple[Column, ...]:
+    """The target table's columns as `model` declares them: name, Postgres type, nullability, in order.
+
+    A field is nullable when it accepts None (`X | None`); its type is its SqlType if it has one, else
+    that of its Python type. A field of any other type raises TypeError naming it: give it an SqlType.
+    """
+    columns = []
+    for name, field in model.model_fields.items():
+        annotation, nullable = field.annotation, False
+        if get_origin(annotation) in (Union, types.UnionType):
+            members = [arg for arg in get_args(annotation) if arg is not type(None)]
+            nullable = len(members) < len(get_args(annotation))
+            annotation = members[0] if len(members) == 1 else annotation
+        metadata = list(field.metadata)
+        while get_origin(annotation) is Annotated:
+            annotation, *extra = get_args(annotation)
+            metadata.extend(extra)
+        declared = [item.name for item in metadata if isinstance(item, SqlType)]
+        if declared:
+            sql_type = declared[-1]
+        elif isinstance(annotation, type) and annotation in PYTHON_SQL_TYPES:
+            sql_type = PYTHON_SQL_TYPES[annotation]
+        else:
+            raise TypeError(
+                f"{model.__module__}.{model.__name__}.{name}: no Postgres type for {annotation!r}; "
+                "annotate it with include.contracts.SqlType"
+            )
+        columns.append(Column(name, sql_type, nullable))
+    return tuple(columns)
 
 
 class SourceRecord(BaseModel):
@@ -94,12 +172,15 @@ class SourceRecord(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
-RecordId = Annotated[int, Strict(), Field(ge=1, le=2**63 - 1)]
-Text = Annotated[str, Strict(), StringConstraints(min_length=1, max_length=1000, pattern=r"^[^\x00]*$")]
+RecordId = Annotated[int, Strict(), Field(ge=1, le=2**63 - 1), SqlType("bigint")]
+Text = Annotated[
+    str, Strict(), StringConstraints(min_length=1, max_length=1000, pattern=r"^[^\x00]*$"), SqlType("text")
+]
 Money = money()
 NonNegativeMoney = money(non_negative=True)
 Timestamp = Annotated[
     datetime,
     GetPydanticSchema(lambda _source, _handler: _timestamp_schema()),
     WithJsonSchema({"type": "string", "format": "date-time"}),
+    SqlType("timestamp with time zone"),
 ]

@@ -23,9 +23,8 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from batchkit.intervals import DataInterval
-from batchkit.sql_files import apply_sql_file
+from batchkit.migrations import require_current
 
-CHECKPOINTS_DDL = "sql/batch_meta/checkpoints.sql"
 # Selects one (dag_id, task_id, interval) from a table keyed like the checkpoints, given identity.key().
 INTERVAL_KEY_MATCH = sql.SQL(
     "dag_id = %(dag_id)s AND task_id = %(task_id)s "
@@ -83,7 +82,9 @@ class Checkpoint:
 
 
 def ensure_checkpoints(conn: psycopg.Connection) -> None:
-    apply_sql_file(conn, CHECKPOINTS_DDL)
+    """Check the control tables are at the version this code needs (batchkit.migrations.require_current:
+    one SELECT per process and database); they are created by the migrations at deploy, never here."""
+    require_current(conn)
 
 
 def read_checkpoint(conn: psycopg.Connection, identity: RunIdentity) -> Checkpoint | None:

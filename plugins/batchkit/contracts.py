@@ -21,9 +21,8 @@ from psycopg import sql
 from pydantic import BaseModel, ValidationError
 
 from batchkit.checkpoints import INTERVAL_KEY_MATCH, RunIdentity
-from batchkit.sql_files import apply_sql_file
+from batchkit.migrations import require_current
 
-QUARANTINE_DDL = "sql/batch_meta/quarantine.sql"
 _QUARANTINE_COLUMNS = (
     "dag_id, task_id, run_id, interval_start, interval_end, source, "
     "page_number, record_index, payload, payload_text, error"
@@ -156,7 +155,9 @@ def validation_error_text(exc: ValidationError) -> str:
 
 
 def ensure_quarantine(conn: psycopg.Connection) -> None:
-    apply_sql_file(conn, QUARANTINE_DDL)
+    """Check the control tables are at the version this code needs (batchkit.migrations.require_current:
+    one SELECT per process and database); they are created by the migrations at deploy, never here."""
+    require_current(conn)
 
 
 def quarantine_records(

@@ -27,9 +27,7 @@ from psycopg import pq
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from batchkit.sql_files import apply_sql_file
-
-LEDGER_DDL = "sql/batch_meta/side_effects.sql"
+from batchkit.migrations import require_current
 
 
 class LedgerStatus(StrEnum):
@@ -60,7 +58,9 @@ class LedgerOutcome:
 
 
 def ensure_ledger(conn: psycopg.Connection) -> None:
-    apply_sql_file(conn, LEDGER_DDL)
+    """Check the control tables are at the version this code needs (batchkit.migrations.require_current:
+    one SELECT per process and database); they are created by the migrations at deploy, never here."""
+    require_current(conn)
 
 
 def perform_once(

@@ -47,7 +47,7 @@ def include_dir() -> Path:
 
 
 def resolve_sql_path(path: str | Path) -> Path:
-    """An absolute path as is; a relative one (e.g. "sql/batch_meta/side_effects.sql") under include/."""
+    """An absolute path as is; a relative one (e.g. "sql/targets/sales_orders.sql") under include/."""
     path = Path(path)
     return path if path.is_absolute() else include_dir() / path
 

@@ -149,7 +149,7 @@ def quality_summary(spec: SyncSpec) -> str:
         for column, checks in spec.quality.columns.items()
     ]
     table = [*spec.quality.table_checks(), "freshness"]
-    parts = [f"`check_keys`: {', '.join(spec.target.key)} not null"]
+    parts = [f"`check_keys`: {', '.join(spec.target_spec().key)} not null"]
     if spec.quality.column_mapping():
         parts.append(f"`check_columns`: {'; '.join(columns)}")
     parts.append(f"`check_rows_and_freshness`: {', '.join(table)}")
@@ -158,7 +158,8 @@ def quality_summary(spec: SyncSpec) -> str:
 
 def sync_doc_md(spec: SyncSpec) -> str:
     """The DAG's docs, from its YAML: purpose, inputs/outputs, backfill, rerun, alerts, runbook."""
-    target, source = spec.target, spec.source
+    # The table and key are the contract's (the YAML may leave them out): read them from its TARGET.
+    target, source, declared = spec.target, spec.source, spec.target_spec()
     return f"""# {spec.dag_id}
 
 {spec.description}
@@ -168,7 +169,7 @@ Declared in `include/automations/{spec.dag_id}.yaml`; contract `include/contract
 | | |
 |---|---|
 | **Input** | `GET {source.endpoint}` on connection `{source.conn_id}` ({source.pagination.style} pagination), records with `{source.interval_params.start}` <= t < `{source.interval_params.end}` |
-| **Output** | `{target.table}` ({target.merge} on {", ".join(target.key)}), Asset `{table_asset(target.table, conn_id=target.conn_id).uri}` |
+| **Output** | `{declared.table}` ({target.merge} on {", ".join(declared.key)}), Asset `{table_asset(declared.table, conn_id=target.conn_id).uri}` |
 | **Rejects** | `batch_meta.quarantine` (raw record + error); the run fails without retry above {spec.max_quarantine_ratio:.0%} |
 | **Schedule** | `{spec.schedule.cron}` ({spec.schedule.timezone}), each run owns [data_interval_start, data_interval_end) |
 | **Owner** | {spec.owner} |

@@ -1,7 +1,7 @@
 """The YAML file that declares a sync (include/automations/<dag_id>.yaml), validated with pydantic.
 
 A sync file says where records come from (connection, endpoint, pagination, contract), where they go
-(table, key, merge mode), when (cron, start date, catchup) and who answers for it (owner, tags, pool,
+(the contract's table and key, merge mode), when (cron, start date, catchup) and who answers for it (owner, tags, pool,
 deadline, alert route). Validation is strict: unknown fields, unsafe identifiers and bad cron
 expressions are errors naming the file and the field, raised at parse time so the DAG file becomes an
 import error and CI fails; nothing is built from a file that does not validate.
@@ -153,8 +153,11 @@ class TargetSection(_Strict):
     pool: ConnId = "warehouse"
     # The Celery queue of verify, merge and the checks (batchkit.queues).
     queue: Queue = Queue.WAREHOUSE
-    table: str
-    key: list[Identifier] = Field(min_length=1)
+    # The table and its key are the contract's (its TARGET, include/contracts/<contract>.py): one
+    # definition. A file may restate them for its readers; load_spec then refuses any mismatch, and
+    # fills them in from the contract when they are left out.
+    table: str | None = None
+    key: list[Identifier] | None = Field(default=None, min_length=1)
     merge: Literal["upsert", "replace_interval"] = "upsert"
     # The timestamp column the interval is about: replace_interval deletes [start, end) of it, and the
     # freshness check reads it.
@@ -165,8 +168,8 @@ class TargetSection(_Strict):
 
     @field_validator("table")
     @classmethod
-    def _qualified_table(cls, value: str) -> str:
-        if not QUALIFIED_TABLE.fullmatch(value):
+    def _qualified_table(cls, value: str | None) -> str | None:
+        if value is not None and not QUALIFIED_TABLE.fullmatch(value):
             raise ValueError(f"{value!r} must be a lowercase schema-qualified table such as sales.orders")
         return value
 
@@ -311,7 +314,8 @@ class SyncSpec(_Strict):
 
     @model_validator(mode="after")
     def _interval_column_is_not_the_key(self) -> SyncSpec:
-        if self.target.merge == "replace_interval" and self.target.interval_column in self.target.key:
+        key = self.target.key or ()
+        if self.target.merge == "replace_interval" and self.target.interval_column in key:
             raise ValueError("target.interval_column must be a timestamp column, not part of target.key")
         return self
 
@@ -393,13 +397,20 @@ def load_spec(path: Path) -> SyncSpec:
         raise SyncSpecError(
             f"{path}: quality.columns: {unknown} not among the columns of {declared.table}: {list(declared.columns)}"
         )
-    # The file states the table and key for its readers; the contract's DDL is what really holds them.
+    # The contract declares the table and key; a file that restates them must restate them exactly.
     for field, stated, actual in (
         ("target.table", spec.target.table, declared.table),
-        ("target.key", tuple(spec.target.key), declared.key),
+        ("target.key", None if spec.target.key is None else tuple(spec.target.key), declared.key),
     ):
-        if stated != actual:
+        if stated is not None and stated != actual:
             raise SyncSpecError(
                 f"{path}: {field} is {stated!r} but contract {spec.source.contract!r} declares {actual!r}"
             )
-    return spec
+    if spec.target.merge == "replace_interval" and spec.target.interval_column in declared.key:
+        raise SyncSpecError(
+            f"{path}: target.interval_column must be a timestamp column, not part of the key "
+            f"{list(declared.key)} of contract {spec.source.contract!r}"
+        )
+    # Filled in from the contract, so a loaded spec always states them (the DAG's docs and checks read them).
+    target = spec.target.model_copy(update={"table": declared.table, "key": list(declared.key)})
+    return spec.model_copy(update={"target": target})

@@ -19,11 +19,8 @@ from tools.demo_upstream import Volumes
 # Three pages per day for both syncs (orders: cursor pages of 1000, customers: pages of 500), so faults
 # can hit a page in the middle of an interval; small enough that a day loads in well under a second.
 VOLUMES = Volumes(orders=2500, customers=1200)
+# The control tables come from the session warehouse's migrations (tests/conftest.py); these are the targets.
 WAREHOUSE_DDL = (
-    "sql/batch_meta/checkpoints.sql",
-    "sql/batch_meta/quarantine.sql",
-    "sql/batch_meta/alert_log.sql",
-    "sql/batch_meta/quality_results.sql",
     "sql/targets/sales_orders.sql",
     "sql/targets/crm_customers.sql",
 )

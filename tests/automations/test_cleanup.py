@@ -30,7 +30,6 @@ from batchkit.retention import (
     declared_file_retention,
     purge_declared_files,
 )
-from batchkit.sql_files import apply_sql_file
 from batchkit.sync_spec import load_spec, spec_path
 from include.sales.daily_report import REPORT_NAME, report_day_of
 from tests.dagrun import parse_dag, returned, run_dag
@@ -94,8 +93,6 @@ def checkpoint(
 
 
 def seed_warehouse(conn: psycopg.Connection, policy: RetentionPolicy, now: datetime) -> Seeded:
-    for ddl in ("side_effects", "alert_digest", "quality_results"):
-        apply_sql_file(conn, f"sql/batch_meta/{ddl}.sql")
     conn.execute("TRUNCATE batch_meta.side_effects, batch_meta.alert_digest, batch_meta.quality_results")
     intervals = [datetime(2026, 2, day, 2, tzinfo=UTC) for day in range(1, 6)]
     staging_days, checkpoint_days = policy.staging_days, policy.checkpoint_days

@@ -222,7 +222,6 @@ def report_dag(airflow_db: str) -> Any:
 def empty_reports(clean_slate: None, warehouse: psycopg.Connection) -> None:
     """No report rows and no ledger keys from an earlier test (the sync tables are emptied by conftest)."""
     apply_sql_file(warehouse, REPORT_DDL)
-    apply_sql_file(warehouse, "sql/batch_meta/side_effects.sql")
     warehouse.execute("TRUNCATE reports.daily_sales, batch_meta.side_effects")
     with warehouse.cursor() as cur:
         cur.executemany(

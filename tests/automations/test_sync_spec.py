@@ -87,6 +87,18 @@ def test_the_repo_sync_files_validate(path: Path) -> None:
             id="key_disagrees_with_contract",
         ),
         pytest.param(
+            "target.table",
+            "sales.orders_v2",
+            "target.table is 'sales.orders_v2' but contract 'orders' declares 'sales.orders'",
+            id="table_disagrees_with_contract",
+        ),
+        pytest.param(
+            "target",
+            {"merge": "replace_interval", "interval_column": "order_id", "version_column": "updated_at"},
+            "target.interval_column must be a timestamp column, not part of the key ['order_id']",
+            id="interval_column_in_the_contracts_key",
+        ),
+        pytest.param(
             "source.retry",
             {"budget_seconds": 0},
             "source.retry.budget_seconds: Input should be greater than 0",
@@ -264,3 +276,14 @@ def test_a_sync_file_overrides_its_alert_connections_and_the_tier_picks_the_chan
     assert route.channel_list() == ("slack", "email")
     with pytest.raises(SyncSpecError, match="slack_conn_id"):
         load_spec(write_spec(tmp_path, DAG_ID, with_field(document, "alerts.slack_conn_id", "Bad-Id")))
+
+
+def test_the_table_and_key_come_from_the_contract_and_a_restatement_must_match(tmp_path: Path) -> None:
+    # The repo's files leave them out: one definition, the contract's TARGET.
+    assert {"table", "key"}.isdisjoint(declared()["target"])
+    derived = load_spec(write_spec(tmp_path, DAG_ID, declared()))
+    restated = with_field(with_field(declared(), "target.table", "sales.orders"), "target.key", ["order_id"])
+
+    assert (derived.target.table, derived.target.key) == ("sales.orders", ["order_id"])
+    assert load_spec(write_spec(tmp_path, DAG_ID, restated)) == derived
+    assert (derived.target_spec().table, derived.target_spec().key) == ("sales.orders", ("order_id",))

@@ -1,11 +1,21 @@
-"""Contracts (include/contracts) and the quarantine table, against the session's real warehouse."""
+"""Contracts (include/contracts) and the quarantine table, against the session's real warehouse.
+
+A contract module is the one declaration of its sync's target (include/contracts/__init__.py): these
+tests hold every contract to the naming convention, and apply every contract's DDL file to a scratch
+database to compare the table it creates (columns, types, nullability, primary key) with the contract.
+"""
 
 from __future__ import annotations
 
 import gc
+import importlib
+import pkgutil
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
+from types import ModuleType
 from typing import Annotated
 
 import psycopg
@@ -22,11 +32,16 @@ from batchkit.contracts import (
     validate_records,
 )
 from batchkit.intervals import DataInterval
-from include.contracts import Money, NonNegativeMoney
+from batchkit.load import TargetSpec
+from batchkit.sql_files import resolve_sql_path
+from batchkit.sync_spec import CONTRACTS_PACKAGE
+from include import contracts as contracts_package
+from include.contracts import Column, Money, NonNegativeMoney, SqlType, Text, Timestamp, target_columns
 from include.contracts.customers import CONTRACT as CUSTOMERS
 from include.contracts.customers import TARGET as CUSTOMERS_TARGET
 from include.contracts.orders import CONTRACT as ORDERS
 from include.contracts.orders import TARGET as ORDERS_TARGET
+from tools.metadb import PgServer, drop_database, ensure_database
 
 GOOD_ORDER = {
     "order_id": 1,
@@ -234,3 +249,166 @@ def test_validation_leaves_the_garbage_collector_as_it_found_it() -> None:
         assert not gc.isenabled(), "a collector the caller disabled must stay disabled"
     finally:
         gc.enable()
+
+
+# --- One definition per target: the contract declares it, the DDL file must create exactly that. ---
+
+CONTRACT_NAMES = sorted(module.name for module in pkgutil.iter_modules(contracts_package.__path__))
+
+
+def contract(name: str) -> ModuleType:
+    return importlib.import_module(f"{CONTRACTS_PACKAGE}.{name}")
+
+
+def test_the_repo_has_contracts() -> None:
+    assert {"orders", "customers"} <= set(CONTRACT_NAMES)
+
+
+@pytest.mark.parametrize("name", CONTRACT_NAMES)
+def test_a_contract_is_named_after_its_records_and_declares_its_whole_target(name: str) -> None:
+    module = contract(name)
+    target: TargetSpec = module.TARGET
+    schema, table = target.table.split(".")
+
+    # include/contracts/<table>.py: the records' name is the table's; the DDL is <schema>_<table>.sql.
+    assert name == table, f"include/contracts/{name}.py declares table {target.table}: name it {table}.py"
+    assert module.CONTRACT.source == name
+    assert target.ddl == f"sql/targets/{schema}_{table}.sql"
+    assert target.columns == tuple(module.CONTRACT.model.model_fields)
+    assert resolve_sql_path(target.ddl).is_file(), f"{target.ddl} (named by include/contracts/{name}.py)"
+
+
+@pytest.fixture(scope="module")
+def scratch(pg_server: PgServer) -> Iterator[psycopg.Connection]:
+    """An empty throwaway database, where each DDL file creates its table from nothing."""
+    name = f"bk_test_ddl_{uuid.uuid4().hex[:12]}"
+    ensure_database(pg_server, name)
+    try:
+        with psycopg.connect(pg_server.conninfo(name), autocommit=True) as conn:
+            yield conn
+    finally:
+        drop_database(pg_server, name)
+
+
+def table_as_created(conn: psycopg.Connection, table: str) -> tuple[tuple[Column, ...], tuple[str, ...]]:
+    """The table's columns (format_type's spelling, nullability) and primary key, from the catalog."""
+    columns = conn.execute(
+        """
+        SELECT attname, format_type(atttypid, atttypmod), NOT attnotnull
+          FROM pg_attribute
+         WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped
+         ORDER BY attnum
+        """,
+        (table,),
+    ).fetchall()
+    key = conn.execute(
+        """
+        SELECT coalesce(array_agg(a.attname ORDER BY k.position), '{}')
+          FROM pg_index i
+         CROSS JOIN unnest(i.indkey) WITH ORDINALITY AS k(attnum, position)
+          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+         WHERE i.indrelid = %s::regclass AND i.indisprimary
+        """,
+        (table,),
+    ).fetchone()[0]
+    return tuple(Column(*row) for row in columns), tuple(key)
+
+
+def ddl_mismatches(conn: psycopg.Connection, target: TargetSpec, model: type[BaseModel]) -> list[str]:
+    """Apply `target.ddl` to `conn`'s (scratch) database; every way the table differs from the contract."""
+    where = f"include/{target.ddl} vs contract {model.__module__}"
+    conn.execute(resolve_sql_path(target.ddl).read_text(encoding="utf-8"))
+    if conn.execute("SELECT to_regclass(%s)", (target.table,)).fetchone()[0] is None:
+        return [f"{where}: the DDL does not create table {target.table}"]
+    created, key = table_as_created(conn, target.table)
+    expected = {column.name: column for column in target_columns(model)}
+    actual = {column.name: column for column in created}
+    problems = [f"{where}: column {name} is missing" for name in expected if name not in actual]
+    problems += [f"{where}: column {name} is not in the contract" for name in actual if name not in expected]
+    for name in expected.keys() & actual.keys():
+        want, got = expected[name], actual[name]
+        if want.sql_type != got.sql_type:
+            problems.append(f"{where}: column {name} type: expected {want.sql_type}, actual {got.sql_type}")
+        if want.nullable != got.nullable:
+            problems.append(
+                f"{where}: column {name}: expected {'NULL' if want.nullable else 'NOT NULL'}, "
+                f"actual {'NULL' if got.nullable else 'NOT NULL'}"
+            )
+    if [name for name in target.columns if name in actual] != [c.name for c in created if c.name in expected]:
+        problems.append(
+            f"{where}: column order: expected {list(target.columns)}, actual {[c.name for c in created]}"
+        )
+    if key != target.key:
+        problems.append(f"{where}: primary key: expected {list(target.key)}, actual {list(key)}")
+    return sorted(problems)
+
+
+@pytest.mark.parametrize("name", CONTRACT_NAMES)
+def test_the_ddl_creates_exactly_the_table_its_contract_declares(
+    name: str, scratch: psycopg.Connection
+) -> None:
+    module = contract(name)
+
+    assert ddl_mismatches(scratch, module.TARGET, module.CONTRACT.model) == []
+
+
+class _Drifted(BaseModel):
+    widget_id: Annotated[int, SqlType("bigint")]
+    price: Money
+    label: Text | None
+    seen_at: Timestamp
+    note: str
+
+
+def test_a_ddl_that_drifts_from_its_contract_is_named_column_by_column(
+    scratch: psycopg.Connection, tmp_path: Path
+) -> None:
+    ddl = tmp_path / "drift_widgets.sql"
+    ddl.write_text(
+        """
+        CREATE SCHEMA IF NOT EXISTS drift;
+        CREATE TABLE IF NOT EXISTS drift.widgets (
+            widget_id  bigint,
+            price      numeric(10,2) NOT NULL,
+            label      text          NOT NULL,
+            seen_at    timestamp     NOT NULL,
+            extra      text,
+            PRIMARY KEY (widget_id, price)
+        );
+        """,
+        encoding="utf-8",
+    )
+    target = TargetSpec(
+        table="drift.widgets", ddl=str(ddl), columns=tuple(_Drifted.model_fields), key=("widget_id",)
+    )
+
+    where = f"include/{ddl} vs contract {__name__}"
+    assert ddl_mismatches(scratch, target, _Drifted) == sorted(
+        [
+            f"{where}: column price type: expected numeric(12,2), actual numeric(10,2)",
+            f"{where}: column label: expected NULL, actual NOT NULL",
+            f"{where}: column seen_at type: expected timestamp with time zone, actual timestamp without time zone",
+            f"{where}: column note is missing",
+            f"{where}: column extra is not in the contract",
+            f"{where}: primary key: expected ['widget_id'], actual ['widget_id', 'price']",
+        ]
+    )
+
+
+def test_target_columns_derives_type_and_nullability_from_each_field() -> None:
+    assert target_columns(_Drifted) == (
+        Column("widget_id", "bigint", False),
+        Column("price", "numeric(12,2)", False),
+        Column("label", "text", True),
+        Column("seen_at", "timestamp with time zone", False),
+        Column("note", "text", False),
+    )
+    assert target_columns(ORDERS.model)[4] == Column("amount", "numeric(12,2)", False)
+
+
+def test_a_field_without_a_postgres_type_is_named() -> None:
+    class Odd(BaseModel):
+        tags: list[str]
+
+    with pytest.raises(TypeError, match=r"Odd\.tags: no Postgres type for list\[str\]; annotate it with"):
+        target_columns(Odd)

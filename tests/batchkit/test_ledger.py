@@ -200,7 +200,7 @@ def test_ddl_is_idempotent_and_include_dir_is_overridable(
     assert warehouse.execute("SELECT to_regclass('batch_meta.side_effects')").fetchone() == (
         "batch_meta.side_effects",
     )
-    assert (include_dir() / "sql" / "batch_meta" / "side_effects.sql").is_file()
+    assert (include_dir() / "sql" / "migrations" / "0001_batch_meta_baseline.sql").is_file()
 
     monkeypatch.setenv(INCLUDE_DIR_ENV, str(tmp_path))
     assert resolve_sql_path("sql/x.sql") == tmp_path / "sql" / "x.sql"

@@ -39,6 +39,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from batchkit.migrations import migrate
 from batchkit.sql_files import apply_sql_file
 from tests.e2e.celery_support import QueuedTask, component_of, kill_session, queued_tasks, unacknowledged
 from tests.e2e.chaos_support import (
@@ -120,9 +121,10 @@ def warehouse_server(pg_server: PgServer) -> Iterator[tuple[PgServer, str]]:
     server = provision_database(pg_server, database, role)
     try:
         with psycopg.connect(server.conninfo(database), autocommit=True) as conn:
-            # The sync creates these itself; created up front so the pollers can read them from the start.
-            for ddl in ("sql/targets/sales_orders.sql", "sql/batch_meta/checkpoints.sql"):
-                apply_sql_file(conn, ddl)
+            # The control tables at the latest version, as `make run` and airflow-init leave them; the sync
+            # creates its target itself, created up front here so the pollers can read it from the start.
+            migrate(conn)
+            apply_sql_file(conn, "sql/targets/sales_orders.sql")
         yield server, database
     finally:
         drop_database(pg_server, database)

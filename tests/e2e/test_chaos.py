@@ -42,6 +42,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from batchkit.migrations import migrate
 from batchkit.sql_files import apply_sql_file
 from tests.e2e.chaos_support import (
     CrashablePostgres,
@@ -162,9 +163,10 @@ def chaos(request: pytest.FixtureRequest) -> Iterator[Chaos]:
             server, "warehouse", DatabaseRole("chaos_wh", secrets.token_urlsafe(16))
         )
         with psycopg.connect(warehouse.conninfo("warehouse"), autocommit=True) as conn:
-            # The sync creates these itself; created up front so the pollers can read them from the start.
-            for ddl in ("sql/targets/sales_orders.sql", "sql/batch_meta/checkpoints.sql"):
-                apply_sql_file(conn, ddl)
+            # The control tables at the latest version, as `make run` and airflow-init leave them; the sync
+            # creates its target itself, created up front here so the pollers can read it from the start.
+            migrate(conn)
+            apply_sql_file(conn, "sql/targets/sales_orders.sql")
         dags = root / "dags"
         dags.mkdir()
         for source in (*FIXTURES.glob("*.py"), *FIXTURES.glob("*.yaml"), DEADLINE_FIXTURE):

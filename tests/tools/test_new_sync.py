@@ -18,7 +18,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import create_model
 
+import include.contracts
+from batchkit.sync_spec import contract_module
+from include.contracts import target_columns
 from tools.demo_upstream import FIELDS
 from tools.metadb import REPO_ROOT
 from tools.new_sync import (
@@ -26,9 +30,11 @@ from tools.new_sync import (
     EXIT_CATALOG_FAILED,
     EXIT_OK,
     EXIT_REFUSED,
+    SCAFFOLD_TYPES,
     SYNC_TASKS,
     Scaffold,
     default_start_date,
+    demo_resource,
     main,
     plan,
 )
@@ -205,7 +211,7 @@ def test_generated_files_are_named_and_filled_from_the_options() -> None:
     assert sorted(files) == [
         "dags/crm/crm_leads_sync.py",
         "include/automations/crm_leads_sync.yaml",
-        "include/contracts/crm_leads_sync.py",
+        "include/contracts/leads.py",
         "include/sql/targets/crm_leads.sql",
         "tests/automations/test_crm_leads_sync_spec.py",
     ]
@@ -213,7 +219,13 @@ def test_generated_files_are_named_and_filled_from_the_options() -> None:
     spec = yaml.safe_load(files["include/automations/crm_leads_sync.yaml"])
     assert (spec["dag_id"], spec["owner"], spec["tags"]) == ("crm_leads_sync", "crm-growth", CRM_SYNC_TAGS)
     assert spec["source"]["endpoint"] == "/v1/customers"
-    assert (spec["target"]["table"], spec["target"]["key"]) == ("crm.leads", ["customer_id"])
+    # The table and key are the contract's alone: the YAML names the contract, named after the table.
+    assert spec["source"]["contract"] == "leads"
+    assert {"table", "key"}.isdisjoint(spec["target"])
+    contract = files["include/contracts/leads.py"]
+    assert 'table="crm.leads"' in contract
+    assert 'key=("customer_id",)' in contract
+    assert 'RecordContract(source="leads", model=LeadsRecord)' in contract
     assert spec["schedule"]["start_date"] == date(2026, 1, 1)
     assert "CREATE TABLE IF NOT EXISTS crm.leads (" in files["include/sql/targets/crm_leads.sql"]
     assert "TODO" not in "".join(files.values())
@@ -262,6 +274,31 @@ def test_every_demo_resource_is_scaffolded_with_the_fields_the_demo_api_sends() 
         assert sorted(column.name for column in demo.columns) == sorted(name for name, _ in FIELDS[resource])
 
 
+@pytest.mark.parametrize("resource", sorted(DEMO_RESOURCES))
+def test_a_demo_resource_is_read_from_the_repos_contract_of_it(resource: str) -> None:
+    """DEMO_RESOURCES repeats nothing: columns, types and key come from include/contracts/<resource>.py."""
+    module = contract_module(resource)
+    demo = DEMO_RESOURCES[resource]
+    declared = {column.name: column.sql_type for column in target_columns(module.CONTRACT.model)}
+
+    assert demo.key == module.TARGET.key
+    assert tuple(column.name for column in demo.columns) == module.TARGET.columns
+    for column in demo.columns:
+        # The scaffold's shared type is of the contract column's Postgres type, spelt so in its DDL.
+        assert SCAFFOLD_TYPES[declared[column.name]] == (column.contract_type, column.sql_type)
+        shared_type = getattr(include.contracts, column.contract_type)
+        assert target_columns(create_model("M", c=(shared_type, ...)))[0].sql_type == declared[column.name]
+
+
+def test_a_contract_column_the_scaffold_has_no_shared_type_for_is_named(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delitem(SCAFFOLD_TYPES, "numeric(12,2)")
+
+    with pytest.raises(ValueError, match=r"include/contracts/orders\.py: column amount is numeric\(12,2\)"):
+        demo_resource("orders")
+
+
 @pytest.mark.parametrize(
     ("argv", "complaint"),
     [
@@ -275,6 +312,7 @@ def test_every_demo_resource_is_scaffolded_with_the_fields_the_demo_api_sends() 
         (["sales_widgets_sync", "--owner", "Sales Team"], "must be a team handle"),
         (["sales_widgets_sync", "--owner", "airflow"], "owner: Value error, owner must name a team"),
         (["sales_9x_sync"], "gives the table name '9x'"),
+        (["sales_class_sync"], "gives the table name 'class'"),
     ],
 )
 def test_bad_input_is_refused_and_writes_nothing(

@@ -52,7 +52,6 @@ STORE_ENV = "BATCHKIT_RATE_LIMIT_STORE"
 # The warehouse's Airflow connection id (batchkit.hooks.warehouse.WarehouseHook.default_conn_name).
 WAREHOUSE_CONN_ID = "warehouse"
 REDIS_KEY_PREFIX = "batchkit:ratelimit:"
-RATE_LIMITS_DDL = "sql/batch_meta/rate_limits.sql"
 MICROS = 1_000_000
 # Connect and read timeout of the Redis client: an unreachable store fails the acquire within this.
 REDIS_TIMEOUT_SECONDS = 5.0
@@ -241,12 +240,12 @@ class PostgresStore:
 
     def _connect(self) -> Any:
         from batchkit.hooks.warehouse import WarehouseHook
-        from batchkit.sql_files import apply_sql_file
+        from batchkit.migrations import require_current
 
         conn = WarehouseHook(postgres_conn_id=self.conn_id).get_conn()
         try:
             conn.autocommit = True
-            apply_sql_file(conn, RATE_LIMITS_DDL)
+            require_current(conn)
         except BaseException:
             conn.close()
             raise

@@ -40,8 +40,8 @@ from typing import Any
 import psycopg
 from psycopg import pq, sql
 
-from batchkit.checkpoints import CHECKPOINTS_DDL
 from batchkit.load.identifiers import checked_columns, checked_identifier, identifier_parts
+from batchkit.migrations import require_current
 from batchkit.sql_files import apply_sql_file
 
 STAGING_SCHEMA = "batch_meta"
@@ -59,7 +59,9 @@ class MergeMode(StrEnum):
 
 @dataclass(frozen=True)
 class TargetSpec:
-    """A warehouse table the load path writes, as declared by its DDL file under include/.
+    """A warehouse table the load path writes: a sync's is declared by its contract module (TARGET in
+    include/contracts/<table>.py, the one place its table, columns and key are stated) and created by
+    its DDL file under include/, which tests/batchkit/test_contracts.py checks against the contract.
 
     `columns` is the order in which rows arrive (the contract's tuples); `key` must be a unique index of
     the table (its primary key, normally) and is required for `upsert`. `interval_column` is the
@@ -137,8 +139,8 @@ def staging_table_name(target: TargetSpec, run_scope: str) -> str:
 
 def prepare_staging(conn: psycopg.Connection, target: TargetSpec, run_scope: str) -> Staging:
     """Apply the target's DDL, check the table against the spec, and name the run's staging table."""
-    # Staging lives in batch_meta beside the checkpoints that account for its rows; their DDL makes it.
-    apply_sql_file(conn, CHECKPOINTS_DDL)
+    # Staging lives in batch_meta beside the checkpoints that account for its rows; the migrations make it.
+    require_current(conn)
     apply_sql_file(conn, target.ddl)
     column_types = _checked_column_types(conn, target)
     return Staging(

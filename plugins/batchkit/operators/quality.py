@@ -4,7 +4,7 @@
 (same arguments, same checks, same pass/fail and failure message). After common-sql has run the checks,
 and before it decides the task's outcome, they:
 
-- write one row per check to `batch_meta.quality_results` (include/sql/batch_meta/quality_results.sql)
+- write one row per check to `batch_meta.quality_results` (include/sql/migrations/)
   on the database the checks ran on (or `results_conn_id`): dag, run, try, the run's data interval,
   check name and column, passed, expected and observed value;
 - log the results as a small fixed-width text table (render_results);
@@ -34,10 +34,9 @@ import psycopg
 from airflow.providers.common.sql.operators import sql as common_sql
 from airflow.sdk import Asset
 
+from batchkit.migrations import require_current
 from batchkit.observability import get_logger
-from batchkit.sql_files import apply_sql_file
 
-QUALITY_RESULTS_DDL = "sql/batch_meta/quality_results.sql"
 # The sync summary keys (batchkit.operators.sync.summary) an Asset event carries in its extra.
 SYNC_COUNT_KEYS = (
     "target",
@@ -143,7 +142,9 @@ def _cell(value: str | None) -> str:
 
 
 def ensure_quality_results(conn: psycopg.Connection) -> None:
-    apply_sql_file(conn, QUALITY_RESULTS_DDL)
+    """Check the control tables are at the version this code needs (batchkit.migrations.require_current:
+    one SELECT per process and database); they are created by the migrations at deploy, never here."""
+    require_current(conn)
 
 
 def record_results(conn: psycopg.Connection, run: CheckRun, results: Sequence[QualityResult]) -> int:
