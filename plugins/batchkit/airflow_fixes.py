@@ -35,7 +35,7 @@ time the plugin loads) and only over a function with the upstream signature. Any
 AirflowFixOutdated naming the installed version and the issue, which the plugins manager reports as a
 plugin import error (api-server log, GET /api/v2/plugins/importErrors) rather than silently patching
 code it does not know: after an upgrade, check whether the new release still has the bug, then either
-add it to AFFECTED_VERSIONS or delete this module. tests/batchkit/test_airflow_fixes_guard.py covers
+add it to AFFECTED_VERSIONS or delete this module. tests/batchkit/test_airflow_fixes.py covers
 the guard; tests/e2e/test_airflow_fixes.py the fix itself.
 
 Second fix: `airflow dags test` / `dag.test()` crash after a successful run (Airflow 3.3.2,

@@ -41,7 +41,7 @@ import pytest
 import structlog
 from airflow.sdk import DAG
 
-from batchkit.alert_channels import DIGEST_TIERS, TIER_CHANNELS, send_report
+from batchkit.alert_channels import send_report
 from batchkit.alerts import (
     ERROR_EXCERPT_CHARS,
     WAREHOUSE_CONNECT_TIMEOUT_SECONDS,
@@ -56,7 +56,6 @@ from batchkit.alerts import (
     with_route_details,
 )
 from batchkit.migrations import migrate
-from batchkit.taxonomy import Tag
 from tools.metadb import EmbeddedPostgres, PgServer, ensure_database
 
 RUNBOOK = "Fails on purpose.\n\n## Runbook\nNothing to do: this DAG exists for the test suite.\n"
@@ -648,15 +647,6 @@ def _send(payload: dict, route: AlertRoute) -> str:
 def _slack_text(body: dict[str, Any]) -> str:
     """Every text of a Block Kit body, joined (what a reader sees)."""
     return json.dumps(body["blocks"], ensure_ascii=False)
-
-
-def test_the_routing_table_covers_every_tier_once() -> None:
-    tiers = {tag.value for tag in Tag if tag.value.startswith("tier:")}
-    assert set(TIER_CHANNELS) == tiers
-    assert TIER_CHANNELS["tier:1"] == ("pager", "slack")
-    assert TIER_CHANNELS["tier:2"] == ("slack",)
-    assert TIER_CHANNELS["tier:3"] == ("email",)
-    assert frozenset({"tier:3"}) == DIGEST_TIERS, "tier:3 email goes out as the hourly digest"
 
 
 def test_standard_dag_routes_both_alerts_by_the_tier_tag_with_the_runbook_line() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -13,7 +12,6 @@ import pytest
 
 from batchkit.ledger import LedgerStatus, ensure_ledger, perform_once
 from batchkit.sql_files import INCLUDE_DIR_ENV, include_dir, resolve_sql_path
-from tools import REPO_ROOT
 
 
 @pytest.fixture
@@ -205,17 +203,3 @@ def test_ddl_is_idempotent_and_include_dir_is_overridable(
     monkeypatch.setenv(INCLUDE_DIR_ENV, str(tmp_path))
     assert resolve_sql_path("sql/x.sql") == tmp_path / "sql" / "x.sql"
     assert resolve_sql_path(tmp_path / "abs.sql") == tmp_path / "abs.sql"
-
-
-def test_include_dir_comes_from_configuration_not_from_climbing(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.delenv(INCLUDE_DIR_ENV, raising=False)
-    # pytest's pythonpath has the repo root: the importable `include` package is the repo's include/.
-    assert include_dir().resolve() == (REPO_ROOT / "include").resolve()
-
-    # Neither the setting nor the package: a clear error naming the setting, not a guess from __file__.
-    monkeypatch.delitem(sys.modules, "include", raising=False)
-    monkeypatch.setattr(sys, "path", [p for p in sys.path if not (Path(p or ".") / "include").is_dir()])
-    with pytest.raises(RuntimeError, match=INCLUDE_DIR_ENV):
-        include_dir()

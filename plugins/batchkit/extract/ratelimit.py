@@ -20,7 +20,7 @@ interval apart instead of racing. `now` is the store's clock (Redis `TIME`, Post
 `clock_timestamp()` taken after the row lock), so machines with skewed clocks still agree.
 What this guarantees: in any half-open window of W seconds the slots number at most
 ceil(W * r) + b - 1; for W = 1 s and a whole r, r + b - 1 (the proof is in
-tests/batchkit/test_ratelimit.py). Requests reach the source a little after their slot (the reply
+tests/batchkit/extract/test_ratelimit.py). Requests reach the source a little after their slot (the reply
 from the store, the sleep's overshoot, the network), unevenly, so a source counting per second can see
 one request more than that: declare the rate a little below the source's real limit.
 

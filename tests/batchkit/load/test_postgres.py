@@ -1,4 +1,4 @@
-"""batchkit.load: identifiers, COPY staging and merges against the session's real warehouse database."""
+"""batchkit.load.postgres: COPY staging and merges against the session's real warehouse database."""
 
 from __future__ import annotations
 
@@ -10,10 +10,7 @@ from decimal import Decimal
 
 import psycopg
 import pytest
-from psycopg import sql
 
-from batchkit.hooks.warehouse import WarehouseHook
-from batchkit.load.identifiers import checked_identifier
 from batchkit.load.postgres import (
     MergeCounts,
     MergeMode,
@@ -61,23 +58,6 @@ def orders(warehouse: psycopg.Connection) -> psycopg.Connection:
     prepare_staging(warehouse, ORDERS, "fixture")
     warehouse.execute("TRUNCATE sales.orders")
     return warehouse
-
-
-@pytest.mark.parametrize(
-    "value",
-    ["orders; drop table x", "Orders", "sales.orders.extra", "1orders", "", "a" * 64, "sales.", 'x"y', 42],
-)
-def test_checked_identifier_rejects_unsafe_names(value: object) -> None:
-    with pytest.raises(ValueError, match=r"^target\.table: ") as raised:
-        checked_identifier(value, "target.table")
-    assert repr(value) in str(raised.value)
-
-
-def test_checked_identifier_quotes_qualified_and_plain_names(warehouse: psycopg.Connection) -> None:
-    assert checked_identifier("sales.orders", "t").as_string(warehouse) == '"sales"."orders"'
-    assert checked_identifier("_x9", "c", allow_schema=False).as_string(warehouse) == '"_x9"'
-    with pytest.raises(ValueError, match="column: 'sales.orders' is not a valid name;"):
-        checked_identifier("sales.orders", "column", allow_schema=False)
 
 
 def test_target_spec_rejects_inconsistent_declarations() -> None:
@@ -350,12 +330,3 @@ def test_target_spec_rejects_a_version_column_it_does_not_load() -> None:
         dataclasses.replace(ORDERS, version_column="version")
     with pytest.raises(ValueError, match="version_column 'order_id' is part of the key"):
         dataclasses.replace(ORDERS, version_column="order_id")
-
-
-def test_warehouse_hook_gives_an_autocommit_psycopg3_connection() -> None:
-    with WarehouseHook().autocommit_connection() as conn:
-        assert isinstance(conn, psycopg.Connection)
-        assert conn.autocommit
-        database = conn.execute(sql.SQL("SELECT current_database()")).fetchone()[0]
-    assert database.startswith("bk_test_wh_")
-    assert conn.closed

@@ -1,4 +1,6 @@
-"""REST extraction against the demo upstream on loopback: pagination, retries, rate limit, resume.
+"""batchkit.hooks.rest_api (RestApiHook) against the demo upstream on loopback: pagination, retries, rate
+limit, resume, fetching ahead. The pagination styles' and the retry policy's plain logic, without a server:
+tests/batchkit/extract/test_pagination.py and tests/batchkit/extract/test_retry.py.
 
 The hook reads a real Airflow connection (AIRFLOW_CONN_<ID>, resolved by the Task SDK's env-var secrets
 backend outside a task); the server injects faults and counts every request it receives.
@@ -10,27 +12,18 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
-from email.utils import format_datetime
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
 
 from batchkit.errors import DataRejectedError, PermanentSourceError
 from batchkit.extract.pagination import (
     CursorPagination,
     LinkHeaderPagination,
     OffsetPagination,
-    PageFormatError,
     PageNumberPagination,
-    PageRequest,
-    PageResponse,
-    link_target,
-    parse_pagination,
 )
-from batchkit.extract.ratelimit import limiter_for
-from batchkit.extract.retry import RetriesExhaustedError, RetryPolicy, is_transient_status, parse_retry_after
+from batchkit.extract.retry import RetriesExhaustedError, RetryPolicy
 from batchkit.hooks.rest_api import RestApiHook
 from batchkit.pages import Page
 from tests.upstream import Upstream, running_upstream
@@ -352,28 +345,6 @@ def test_rate_limit_spaces_requests(upstream, connect) -> None:
     assert time.monotonic() - started >= (expected_pages - 1) / rate
 
 
-def test_rate_limit_is_shared_by_threads_on_one_connection() -> None:
-    # The limit lives in the shared store (here the warehouse Postgres), so separate limiter objects of
-    # one connection id, as separate hooks or processes hold them, draw from one schedule.
-    # Processes and both stores: tests/batchkit/test_ratelimit.py.
-    rate, per_thread, threads = 20.0, 5, 3
-    conn_id = f"shared_{uuid.uuid4().hex}"
-
-    def take() -> None:
-        limiter = limiter_for(conn_id, rate)
-        for _ in range(per_thread):
-            limiter.acquire()
-
-    workers = [threading.Thread(target=take) for _ in range(threads)]
-    started = time.monotonic()
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-
-    assert time.monotonic() - started >= (per_thread * threads - 1) / rate
-
-
 # --- fetching ahead: prefetch and concurrent pages ----------------------------------------------
 
 AHEAD_STYLES = ["page_number_total_pages", "offset_total"]
@@ -512,94 +483,3 @@ def test_closing_the_pages_early_stops_the_fetch_threads_even_mid_backoff(style,
 def test_max_concurrency_must_be_positive(connect) -> None:
     with RestApiHook(connect()) as hook, pytest.raises(ValueError, match="max_concurrency"):
         next(hook.iter_pages("/v1/orders", pagination=STYLES["cursor"][1], params=WINDOW, max_concurrency=0))
-
-
-def test_styles_with_a_stated_total_plan_every_following_request() -> None:
-    pages = PageNumberPagination(page_size=10, total_pages_field="total_pages")
-    first = pages.first_request()
-    body = {"data": [{}] * 10, "total_pages": 4}
-    response = PageResponse("http://api/x", body, {})
-    assert pages.plans_ahead
-    assert [r.params["page"] for r in pages.remaining_requests(first, response, body["data"])] == [2, 3, 4]
-    last = PageRequest({**first.params, "page": 4})
-    assert pages.remaining_requests(last, response, body["data"]) == []
-
-    offsets = OffsetPagination(limit=10, total_field="total")
-    request = PageRequest({"offset": 10, "limit": 10})
-    response = PageResponse("http://api/x", {"data": [{}] * 10, "total": 45}, {})
-    planned = offsets.remaining_requests(request, response, [{}] * 10)
-    assert [r.params["offset"] for r in planned] == [20, 30, 40]
-    assert planned[0] == offsets.next_request(request, response, [{}] * 10)
-
-    assert not PageNumberPagination().plans_ahead
-    assert not OffsetPagination().plans_ahead
-    assert not CursorPagination().plans_ahead
-    assert CursorPagination().remaining_requests(request, response, []) is None
-
-
-# --- plain logic --------------------------------------------------------------------------------
-
-
-def test_pagination_is_declared_by_config() -> None:
-    pagination = parse_pagination(
-        {"style": "cursor", "cursor_param": "cursor", "cursor_field": "meta.next", "records_field": "items"}
-    )
-    assert isinstance(pagination, CursorPagination)
-    response = PageResponse("http://api/x", {"items": [{"id": 1}], "meta": {"next": "abc"}}, {})
-    assert pagination.records(response.body) == [{"id": 1}]
-    assert pagination.next_request(pagination.first_request(), response, [{"id": 1}]) == PageRequest(
-        {"cursor": "abc"}
-    )
-
-    with pytest.raises(ValidationError, match="page_sise"):
-        parse_pagination({"style": "page_number", "page_sise": 10})
-    with pytest.raises(ValidationError, match="does not match any of the expected tags"):
-        parse_pagination({"style": "keyset"})
-
-
-def test_a_cursor_that_does_not_advance_is_refused() -> None:
-    pagination = CursorPagination()
-    request = PageRequest({"cursor": "same"})
-    with pytest.raises(PageFormatError, match="did not advance"):
-        pagination.next_request(
-            request, PageResponse("http://api/x", {"data": [], "next_cursor": "same"}, {}), []
-        )
-
-
-def test_next_links_resolve_relative_and_stay_on_origin() -> None:
-    assert (
-        link_target(
-            '</v1/x?page=2>; rel="next", </v1/x?page=9>; rel="last"', "next", base_url="http://api:80/v1/x"
-        )
-        == "http://api:80/v1/x?page=2"
-    )
-    assert link_target('</v1/x?page=9>; rel="last"', "next", base_url="http://api/v1/x") is None
-    with pytest.raises(PageFormatError, match="another origin"):
-        link_target('<https://evil.example/steal>; rel="next"', "next", base_url="http://api/v1/x")
-
-
-def test_page_state_round_trips_and_rejects_garbage() -> None:
-    for request in (PageRequest({"page": 3, "page_size": 10}), PageRequest(url="http://api/v1/x?page=3")):
-        assert PageRequest.from_state(request.to_state(7)) == (7, request)
-    with pytest.raises(ValueError, match="page_number"):
-        PageRequest.from_state({"params": {}})
-    with pytest.raises(ValueError, match="neither 'params' nor 'url'"):
-        PageRequest.from_state({"page_number": 2})
-
-
-def test_retry_after_parses_both_forms() -> None:
-    now = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
-    assert parse_retry_after("7", now=now) == 7.0
-    assert parse_retry_after(format_datetime(now + timedelta(seconds=90), usegmt=True), now=now) == 90.0
-    assert parse_retry_after(format_datetime(now - timedelta(seconds=5), usegmt=True), now=now) == 0.0
-    assert parse_retry_after("soon", now=now) is None
-    assert parse_retry_after(None) is None
-
-
-@pytest.mark.parametrize(
-    ("status", "transient"),
-    [(408, True), (429, True), (500, True), (503, True), (599, True)]
-    + [(400, False), (401, False), (403, False), (404, False), (409, False), (422, False)],
-)
-def test_status_classification(status, transient) -> None:
-    assert is_transient_status(status) is transient

@@ -27,6 +27,7 @@ import multiprocessing
 import os
 import random
 import socket
+import threading
 import time
 import traceback
 import uuid
@@ -553,3 +554,25 @@ def test_the_hook_retries_an_unreachable_store_and_never_sends_unlimited(
     assert f"redis://127.0.0.1:{closed_port}/0" in str(raised.value)
     assert conn_id in str(raised.value)
     assert upstream.stats()["total"] == 0  # not one request went out without the shared limit
+
+
+def test_rate_limit_is_shared_by_threads_on_one_connection() -> None:
+    # The limit lives in the shared store (here the warehouse Postgres), so separate limiter objects of
+    # one connection id, as separate hooks or processes hold them, draw from one schedule.
+    # Processes and both stores: the tests above.
+    rate, per_thread, threads = 20.0, 5, 3
+    conn_id = f"shared_{uuid.uuid4().hex}"
+
+    def take() -> None:
+        limiter = limiter_for(conn_id, rate)
+        for _ in range(per_thread):
+            limiter.acquire()
+
+    workers = [threading.Thread(target=take) for _ in range(threads)]
+    started = time.monotonic()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+    assert time.monotonic() - started >= (per_thread * threads - 1) / rate
