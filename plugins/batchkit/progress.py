@@ -174,7 +174,7 @@ class SyncSummary:
 
     pages: int
     received: int
-    loaded: int
+    staged: int
     quarantined: int
     inserted: int | None
     updated: int | None
@@ -184,15 +184,15 @@ class SyncSummary:
 
     @property
     def reconciled(self) -> bool:
-        """received = loaded + quarantined: every record the source sent is accounted for."""
-        return self.received == self.loaded + self.quarantined
+        """received = staged + quarantined: every record the source sent is accounted for."""
+        return self.received == self.staged + self.quarantined
 
     def describe(self) -> str:
-        """`received 2500 = loaded 2498 + quarantined 2 (reconciled); inserted 2400, updated 98, ...`."""
+        """`received 2500 = staged 2498 + quarantined 2 (reconciled); inserted 2400, updated 98, ...`."""
         relation = "=" if self.reconciled else "!="
         verdict = "reconciled" if self.reconciled else "NOT RECONCILED"
         text = (
-            f"received {self.received} {relation} loaded {self.loaded} + quarantined {self.quarantined} "
+            f"received {self.received} {relation} staged {self.staged} + quarantined {self.quarantined} "
             f"({verdict}); inserted {self.inserted}, updated {self.updated}, deleted {self.deleted}; "
             f"{self.pages} pages, merge {format_seconds(self.merge_s)}"
         )
@@ -206,7 +206,7 @@ class SyncSummary:
             "reconciled": self.reconciled,
             "pages": self.pages,
             "rows_received": self.received,
-            "rows_loaded": self.loaded,
+            "rows_staged": self.staged,
             "rows_quarantined": self.quarantined,
             "rows_inserted": self.inserted,
             "rows_updated": self.updated,

@@ -117,7 +117,7 @@ class SyncResult:
     pages: int
     resumed_from_page: int
     received: int
-    loaded: int
+    staged: int
     quarantined: int
     inserted: int | None = None
     updated: int | None = None
@@ -240,13 +240,13 @@ def merge_interval(
     duration = time.monotonic() - started
     # No task_id: inside a task metric_tags adds the running Airflow task's, which the sync key is not.
     tags = {"dag_id": identity.dag_id, "target": target.table}
-    count("rows_loaded", result.loaded, **tags)
+    count("rows_loaded", result.staged, **tags)
     timing("merge_duration", duration, **tags)
     # The interval's final line: every count, whether they reconcile, and how long it all took.
     final = SyncSummary(
         pages=result.pages,
         received=result.received,
-        loaded=result.loaded,
+        staged=result.staged,
         quarantined=result.quarantined,
         inserted=merged.inserted,
         updated=merged.updated,
@@ -319,7 +319,7 @@ def _result(
         pages=checkpoint.pages_done,
         resumed_from_page=resumed_from_page,
         received=checkpoint.rows_received,
-        loaded=checkpoint.rows_staged,
+        staged=checkpoint.rows_staged,
         quarantined=checkpoint.rows_quarantined,
     )
 
@@ -491,7 +491,7 @@ def _dry_run(
     bound: Any,
 ) -> SyncResult:
     key_positions = [target.columns.index(column) for column in target.key]
-    pages = received = loaded = quarantined = 0
+    pages = received = staged = quarantined = 0
     lowest = highest = None
     source_exhausted = False
     progress = Progress.start()
@@ -503,9 +503,9 @@ def _dry_run(
             lowest = key if lowest is None or key < lowest else lowest
             highest = key if highest is None or key > highest else highest
         pages, received = page.number, received + len(page.records)
-        loaded, quarantined = loaded + len(validated.rows), quarantined + len(validated.rejected)
+        staged, quarantined = staged + len(validated.rows), quarantined + len(validated.rejected)
         source_exhausted = page.next_state is None
-        done = progress.page(page, received=received, staged=loaded, quarantined=quarantined)
+        done = progress.page(page, received=received, staged=staged, quarantined=quarantined)
         bound.info(
             "sync_page_validated",
             **done.log_fields(),
@@ -521,7 +521,7 @@ def _dry_run(
         pages=pages,
         resumed_from_page=1,
         received=received,
-        loaded=loaded,
+        staged=staged,
         quarantined=quarantined,
         key_range=(lowest, highest) if lowest is not None and target.key else None,
     )
@@ -529,7 +529,7 @@ def _dry_run(
         "sync_dry_run_would_write",
         pages=pages,
         rows_received=received,
-        rows_to_load=loaded,
+        rows_to_load=staged,
         rows_to_quarantine=quarantined,
         key_columns=list(target.key),
         key_min=lowest,

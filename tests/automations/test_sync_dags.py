@@ -333,7 +333,7 @@ def test_checks_record_their_results_and_the_asset_event_carries_the_sync_counts
                 "interval_end": end.isoformat(),
                 "pages": page_count(sync, received),
                 "received": received,
-                "loaded": loaded,
+                "staged": loaded,
                 "quarantined": len(bad),
                 "inserted": loaded,
                 "updated": 0,
@@ -567,7 +567,7 @@ def test_a_dry_run_validates_everything_and_writes_nothing(
     assert upstream.requests_to(sync.endpoint) - requests_before == page_count(sync, total)
     validated = task_result(sync.spec.dag_id, run.run_id, "extract_stage")
     assert validated["dry_run"] is True
-    assert (validated["received"], validated["loaded"], validated["quarantined"]) == (total, total - 2, 2)
+    assert (validated["received"], validated["staged"], validated["quarantined"]) == (total, total - 2, 2)
     assert asset_events(sync, run.run_id) == []
 
 

@@ -109,7 +109,7 @@ def test_the_summary_line_states_every_count_and_that_they_reconcile() -> None:
     summary = SyncSummary(
         pages=3,
         received=2500,
-        loaded=2498,
+        staged=2498,
         quarantined=2,
         inserted=2400,
         updated=98,
@@ -120,12 +120,12 @@ def test_the_summary_line_states_every_count_and_that_they_reconcile() -> None:
 
     assert summary.reconciled
     assert summary.describe() == (
-        "received 2500 = loaded 2498 + quarantined 2 (reconciled); inserted 2400, updated 98, deleted 0; "
+        "received 2500 = staged 2498 + quarantined 2 (reconciled); inserted 2400, updated 98, deleted 0; "
         "3 pages, merge 0.12s, interval 1m15s since staging started"
     )
     fields = summary.log_fields()
     assert fields["reconciled"] is True
-    assert (fields["rows_received"], fields["rows_loaded"], fields["rows_quarantined"]) == (2500, 2498, 2)
+    assert (fields["rows_received"], fields["rows_staged"], fields["rows_quarantined"]) == (2500, 2498, 2)
     assert (fields["rows_inserted"], fields["rows_updated"], fields["rows_deleted"]) == (2400, 98, 0)
     assert (fields["duration_s"], fields["interval_duration_s"]) == (0.123, 75.0)
 
@@ -134,7 +134,7 @@ def test_the_summary_line_says_when_counts_do_not_reconcile() -> None:
     summary = SyncSummary(
         pages=1,
         received=10,
-        loaded=8,
+        staged=8,
         quarantined=1,
         inserted=8,
         updated=0,
@@ -143,5 +143,5 @@ def test_the_summary_line_says_when_counts_do_not_reconcile() -> None:
         interval_s=None,
     )
     assert not summary.reconciled
-    assert summary.describe().startswith("received 10 != loaded 8 + quarantined 1 (NOT RECONCILED);")
+    assert summary.describe().startswith("received 10 != staged 8 + quarantined 1 (NOT RECONCILED);")
     assert "since staging started" not in summary.describe()

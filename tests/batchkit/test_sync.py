@@ -152,7 +152,7 @@ def test_sync_loads_pages_and_records_a_complete_checkpoint(
 
     result = sync(warehouse, identity, source)
 
-    assert (result.pages, result.resumed_from_page, result.received, result.loaded, result.quarantined) == (
+    assert (result.pages, result.resumed_from_page, result.received, result.staged, result.quarantined) == (
         3,
         1,
         4,
@@ -180,8 +180,8 @@ def test_contract_violations_and_malformed_records_are_quarantined_and_reconcile
     ]
     result = sync(warehouse, identity, PagedSource(pages), max_quarantine_ratio=0.75)
 
-    assert (result.received, result.loaded, result.quarantined) == (8, 3, 5)
-    assert result.received == result.loaded + result.quarantined
+    assert (result.received, result.staged, result.quarantined) == (8, 3, 5)
+    assert result.received == result.staged + result.quarantined
     assert [row[0] for row in orders(warehouse)] == [1, 3, 5]
     assert quarantined(warehouse, identity) == [
         (1, 1, "scheduled__1"),
@@ -223,7 +223,7 @@ def test_too_many_rejects_fail_without_retry_and_the_next_run_starts_clean(
 
     rerun = run_identity(dag_id, run_id="manual__rerun")
     result = sync(warehouse, rerun, PagedSource(source.pages), max_quarantine_ratio=0.3)
-    assert (result.resumed_from_page, result.loaded, result.quarantined) == (1, 7, 3)
+    assert (result.resumed_from_page, result.staged, result.quarantined) == (1, 7, 3)
     assert {row[2] for row in quarantined(warehouse, identity)} == {"manual__rerun"}
     assert len(quarantined(warehouse, identity)) == 3
 
@@ -261,7 +261,7 @@ def test_dry_run_validates_everything_and_writes_nothing(warehouse: psycopg.Conn
     result_2 = sync(warehouse, half_done, PagedSource([[order(12, day=DAY_2)]]), dry_run=True)
 
     assert snapshot(warehouse) == before
-    assert (result.dry_run, result.pages, result.received, result.loaded, result.quarantined) == (
+    assert (result.dry_run, result.pages, result.received, result.staged, result.quarantined) == (
         True,
         2,
         4,
@@ -270,7 +270,7 @@ def test_dry_run_validates_everything_and_writes_nothing(warehouse: psycopg.Conn
     )
     assert result.key_range == ((2,), (30,))
     assert (result.inserted, result.updated, result.deleted) == (None, None, None)
-    assert result_2.loaded == 1
+    assert result_2.staged == 1
     assert source.calls == [(None, 0)]
 
 
@@ -335,7 +335,7 @@ def test_a_killed_run_resumes_after_its_last_committed_page(
 
     assert source.calls == [({"next_page": 3}, 2)]
     assert result.resumed_from_page == 3
-    assert (result.pages, result.received, result.loaded, result.quarantined) == (5, 10, 9, 1)
+    assert (result.pages, result.received, result.staged, result.quarantined) == (5, 10, 9, 1)
     assert orders(warehouse) == [
         (1, Decimal("10.00"), "refunded"),
         (2, Decimal("2.50"), "paid"),
@@ -448,7 +448,7 @@ def test_a_run_killed_while_fetching_concurrently_resumes_without_a_missing_or_d
     assert requested_on_resume == {page: 1 for page in range(kill_after + 1, total_pages + 1)}
     assert result.resumed_from_page == kill_after + 1
     # Received counts every page once: a duplicated page would count 100 more, a missing one 100 fewer.
-    assert (result.pages, result.received, result.loaded, result.quarantined) == (
+    assert (result.pages, result.received, result.staged, result.quarantined) == (
         total_pages,
         DEMO_ORDERS,
         DEMO_ORDERS,
@@ -471,7 +471,7 @@ def test_staging_lost_in_a_server_crash_restarts_the_interval(
     result = sync(warehouse, identity, source)
 
     assert source.calls == [(None, 0)]
-    assert (result.resumed_from_page, result.received, result.loaded, result.quarantined) == (1, 10, 9, 1)
+    assert (result.resumed_from_page, result.received, result.staged, result.quarantined) == (1, 10, 9, 1)
     assert len(quarantined(warehouse, identity)) == 1
 
 
@@ -503,8 +503,8 @@ def test_staging_lost_between_stage_and_merge_is_restaged_by_the_next_step(
     merged = merge_interval(warehouse, target=TARGET, identity=identity, max_quarantine_ratio=0.5)
 
     assert refetch.calls == [(None, 0)]
-    assert (result.received, result.loaded, result.quarantined) == (10, 9, 1)
-    assert (merged.received, merged.loaded, merged.quarantined) == (10, 9, 1)
+    assert (result.received, result.staged, result.quarantined) == (10, 9, 1)
+    assert (merged.received, merged.staged, merged.quarantined) == (10, 9, 1)
     assert [row[0] for row in orders(warehouse)] == [1, 2, 3, 4, 5, 6, 7]
     assert len(quarantined(warehouse, identity)) == 1
     assert checkpoint(warehouse, identity)[0] == "complete"
@@ -523,7 +523,7 @@ def test_lost_staging_without_a_way_to_restage_asks_for_the_staging_step_and_rej
         merge_interval(warehouse, target=TARGET, identity=identity, max_quarantine_ratio=0.5)
 
     assert checkpoint(warehouse, identity)[0] == "in_progress"
-    assert sync(warehouse, identity, PagedSource(FIVE_PAGES)).loaded == 9
+    assert sync(warehouse, identity, PagedSource(FIVE_PAGES)).staged == 9
 
 
 def test_a_backfill_of_older_days_never_moves_rows_back_to_an_older_version(
@@ -596,7 +596,7 @@ def test_replace_mode_quarantines_rows_outside_the_interval(
 ) -> None:
     identity = run_identity(dag_id)
     result = sync(warehouse, identity, PagedSource([[order(1), order(2, day=DAY_2)]]), target=BY_ORDER_DAY)
-    assert (result.loaded, result.quarantined) == (1, 1)
+    assert (result.staged, result.quarantined) == (1, 1)
     error = warehouse.execute(
         "SELECT error FROM batch_meta.quarantine WHERE dag_id = %s", (dag_id,)
     ).fetchone()[0]
@@ -673,7 +673,7 @@ def test_a_run_blocked_past_its_wait_gives_up_as_busy_and_writes_nothing(
         with pytest.raises(IntervalBusyError, match="another run held .* for all of the 1s"):
             sync(warehouse, identity, PagedSource([[order(1)]]), lock_wait=timedelta(seconds=1))
     assert checkpoint(warehouse, identity) is None
-    assert sync(warehouse, identity, PagedSource([[order(1)]])).loaded == 1
+    assert sync(warehouse, identity, PagedSource([[order(1)]])).staged == 1
 
 
 def test_a_second_run_of_the_same_interval_waits_for_the_first_and_both_succeed(
@@ -711,7 +711,7 @@ def test_a_second_run_of_the_same_interval_waits_for_the_first_and_both_succeed(
     first.join(20)
     second.join(20)
 
-    assert outcome["first"].loaded == 3
+    assert outcome["first"].staged == 3
     assert outcome["second"].received == 3  # it found the interval merged and reloaded it cleanly
     assert [row[0] for row in orders(warehouse)] == [1, 2, 3]
     assert checkpoint(warehouse, identity)[:2] == ("complete", 2)
@@ -746,8 +746,8 @@ def test_the_phases_run_as_separate_tasks_and_a_rerun_merge_changes_nothing(ware
         warehouse, target=TARGET, contract=CONTRACT, identity=identity, fetch_pages=source
     )
     verified = verify_interval(warehouse, target=TARGET, identity=identity)
-    assert (staged.pages, staged.received, staged.loaded, staged.inserted) == (2, 3, 3, None)
-    assert (verified.received, verified.loaded, verified.quarantined) == (3, 3, 0)
+    assert (staged.pages, staged.received, staged.staged, staged.inserted) == (2, 3, 3, None)
+    assert (verified.received, verified.staged, verified.quarantined) == (3, 3, 0)
     assert checkpoint(warehouse, identity)[0] == "in_progress"
     assert staging_exists(warehouse, identity)
 
@@ -758,7 +758,7 @@ def test_the_phases_run_as_separate_tasks_and_a_rerun_merge_changes_nothing(ware
     assert merged.inserted == 3
     assert checkpoint(warehouse, identity)[0] == "complete"
     assert not staging_exists(warehouse, identity)
-    assert (again.received, again.loaded, again.inserted) == (3, 3, None)
+    assert (again.received, again.staged, again.inserted) == (3, 3, None)
     assert checksum(warehouse) == after_first_merge
 
 
@@ -886,7 +886,7 @@ def test_each_page_logs_one_line_with_page_n_of_m_running_totals_rate_and_eta(
     [final] = events(logs, "sync_merged")
     assert final["log_level"] == "info"
     assert final["reconciled"] is True
-    assert (final["rows_received"], final["rows_loaded"], final["rows_quarantined"]) == (
+    assert (final["rows_received"], final["rows_staged"], final["rows_quarantined"]) == (
         ORDERS_PER_DAY,
         ORDERS_PER_DAY,
         0,
@@ -898,7 +898,7 @@ def test_each_page_logs_one_line_with_page_n_of_m_running_totals_rate_and_eta(
     )
     assert merged.inserted == ORDERS_PER_DAY
     assert final["summary"].startswith(
-        f"received {ORDERS_PER_DAY} = loaded {ORDERS_PER_DAY} + quarantined 0 (reconciled); "
+        f"received {ORDERS_PER_DAY} = staged {ORDERS_PER_DAY} + quarantined 0 (reconciled); "
         f"inserted {ORDERS_PER_DAY}, updated 0, deleted 0; {PAGES} pages, merge "
     )
     assert final["interval_duration_s"] >= final["duration_s"] >= 0

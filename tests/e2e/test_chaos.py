@@ -15,7 +15,7 @@ Scenarios, each on its own data interval(s):
      interval exactly.
 Each sync scenario asserts: the run succeeded, the interval's rows equal the rows the upstream serves
 (md5 over the ordered rows against a reference table loaded from tools.demo_upstream.select), no
-duplicate keys, and received = loaded + quarantined in batch_meta.checkpoints.
+duplicate keys, and received = staged + quarantined in batch_meta.checkpoints.
 
 `make chaos` runs the same module longer (CHAOS_RECORDS=600000 CHAOS_KILLS=10 ...). The summary table is
 printed at the end and written to test-artifacts/chaos/summary.json; docs/reliability.md explains it.

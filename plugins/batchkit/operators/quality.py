@@ -44,7 +44,7 @@ SYNC_COUNT_KEYS = (
     "interval_end",
     "pages",
     "received",
-    "loaded",
+    "staged",
     "quarantined",
     "inserted",
     "updated",
@@ -183,10 +183,10 @@ def record_results(conn: psycopg.Connection, run: CheckRun, results: Sequence[Qu
 
 def sync_counts_extra(summary: Mapping[str, Any]) -> dict[str, Any]:
     """The Asset event extra of a refreshed table: the sync's counts (its summary XCom) and whether they
-    reconcile (received = loaded + quarantined)."""
+    reconcile (received = staged + quarantined)."""
     extra = {key: summary[key] for key in SYNC_COUNT_KEYS if key in summary}
-    if all(isinstance(summary.get(key), int) for key in ("received", "loaded", "quarantined")):
-        extra["reconciled"] = summary["received"] == summary["loaded"] + summary["quarantined"]
+    if all(isinstance(summary.get(key), int) for key in ("received", "staged", "quarantined")):
+        extra["reconciled"] = summary["received"] == summary["staged"] + summary["quarantined"]
     return extra
 
 

@@ -185,7 +185,7 @@ class StageIntervalOperator(_IntervalSyncOperator):
 
 
 class VerifyIntervalOperator(_IntervalSyncOperator):
-    """Reconcile received = loaded + quarantined and hold the quarantine ratio to its threshold."""
+    """Reconcile received = staged + quarantined and hold the quarantine ratio to its threshold."""
 
     step = staticmethod(verify_interval)
 
@@ -228,7 +228,7 @@ def summary(result: SyncResult, identity: RunIdentity) -> dict[str, Any]:
         "dry_run": result.dry_run,
         "pages": result.pages,
         "received": result.received,
-        "loaded": result.loaded,
+        "staged": result.staged,
         "quarantined": result.quarantined,
         "inserted": result.inserted,
         "updated": result.updated,

@@ -183,7 +183,7 @@ def test_sync_counts_extra_takes_the_counts_and_says_whether_they_reconcile() ->
         "dry_run": False,
         "pages": 3,
         "received": 10,
-        "loaded": 9,
+        "staged": 9,
         "quarantined": 1,
         "inserted": 7,
         "updated": 2,
@@ -191,4 +191,4 @@ def test_sync_counts_extra_takes_the_counts_and_says_whether_they_reconcile() ->
     }
     extra = sync_counts_extra(summary)
     assert extra == {**{k: v for k, v in summary.items() if k != "dry_run"}, "reconciled": True}
-    assert sync_counts_extra({**summary, "loaded": 8})["reconciled"] is False
+    assert sync_counts_extra({**summary, "staged": 8})["reconciled"] is False
