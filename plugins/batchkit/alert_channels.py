@@ -163,8 +163,8 @@ def _interval(payload: Mapping[str, Any]) -> str:
     return f"{start} → {end}" if start or end else "none (manual run)"
 
 
-def summary_rows(payload: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """(label, value) lines every channel shows, in order."""
+def _where_rows(payload: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """DAG, task, run, interval, and the deadline of a deadline alert: the first lines of every format."""
     rows = [
         ("DAG", str(payload.get("dag_id"))),
         ("Task", str(payload.get("task_id") or "(the whole run)")),
@@ -173,7 +173,13 @@ def summary_rows(payload: Mapping[str, Any]) -> list[tuple[str, str]]:
     ]
     if payload.get("kind") == "deadline_missed":
         rows.append(("Deadline", f"{payload.get('deadline_time')} (queued at {payload.get('queued_at')})"))
-    else:
+    return rows
+
+
+def summary_rows(payload: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(label, value) lines every channel shows, in order."""
+    rows = _where_rows(payload)
+    if payload.get("kind") != "deadline_missed":
         rows.append(("Error class", error_class(payload) or "unknown"))
         if payload.get("try_number") is not None:
             rows.append(("Try", f"{payload.get('try_number')} (retries: {payload.get('max_tries')})"))
@@ -292,15 +298,8 @@ def digest_rows(item: DigestItem) -> list[tuple[str, str]]:
     """(label, value) lines of one digest entry: DAG, task, run, interval, error class + the message's
     first line (or the deadline), log link, runbook line, repeats."""
     payload = item.payload
-    rows = [
-        ("DAG", str(payload.get("dag_id"))),
-        ("Task", str(payload.get("task_id") or "(the whole run)")),
-        ("Run", str(payload.get("run_id"))),
-        ("Interval", _interval(payload)),
-    ]
-    if payload.get("kind") == "deadline_missed":
-        rows.append(("Deadline", f"{payload.get('deadline_time')} (queued at {payload.get('queued_at')})"))
-    else:
+    rows = _where_rows(payload)
+    if payload.get("kind") != "deadline_missed":
         error = payload.get("error")
         rows.append(("Error", _cut(_first_line(error), 300) if error else "unknown"))
     label = "Log" if payload.get("kind") == "task_failed" else "Run page"

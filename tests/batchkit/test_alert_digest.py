@@ -10,14 +10,10 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from email import policy
 from email.message import EmailMessage
-from email.parser import BytesParser
 from typing import Any
 
 import pendulum
@@ -35,7 +31,7 @@ from batchkit.alerts import (
     with_route_details,
 )
 from batchkit.ledger import LedgerStatus
-from tests.batchkit.test_alerts import SLACK_TOKEN, _json_receiver
+from tests.batchkit.test_alerts import SLACK_TOKEN, SmtpServer, _json_receiver, running_smtp
 from tests.dagrun import parse_dag, returned, run_dag
 from tools import REPO_ROOT
 
@@ -44,77 +40,12 @@ RUNBOOK_LINE = "Check the partner's status page, then clear the task."
 REPO_DAG = REPO_ROOT / "dags" / "platform" / "platform_alert_digest.py"
 
 
-@dataclass
-class SmtpServer:
-    """aiosmtpd on a fixed loopback port, as Airflow connection `alerts_smtp`; stop() makes the port
-    refuse connections (a relay that is down), start() brings it back where the connection points."""
-
-    port: int
-    messages: list[EmailMessage] = field(default_factory=list)
-    envelopes: list[list[str]] = field(default_factory=list)
-    arrived: threading.Condition = field(default_factory=threading.Condition)
-    controller: Any = None
-
-    def start(self) -> None:
-        from aiosmtpd.controller import Controller
-
-        server = self
-
-        class Handler:
-            async def handle_DATA(self, smtp: Any, session: Any, envelope: Any) -> str:
-                message = BytesParser(policy=policy.default).parsebytes(envelope.original_content)
-                with server.arrived:
-                    server.messages.append(message)
-                    server.envelopes.append(list(envelope.rcpt_tos))
-                    server.arrived.notify_all()
-                return "250 Message accepted for delivery"
-
-        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
-        self.controller.start()
-
-    def stop(self) -> None:
-        self.controller.stop()
-        self.controller = None
-        with socket.socket() as probe:
-            assert probe.connect_ex(("127.0.0.1", self.port)) != 0, "the stopped server still answers"
-
-    def wait_for(self, count: int, timeout: float = 10.0) -> list[EmailMessage]:
-        with self.arrived:
-            self.arrived.wait_for(lambda: len(self.messages) >= count, timeout)
-        return list(self.messages)
-
-
 @pytest.fixture
 def smtp(monkeypatch: pytest.MonkeyPatch) -> Iterator[SmtpServer]:
-    with socket.create_server(("127.0.0.1", 0)) as probe:
-        port = probe.getsockname()[1]
-    server = SmtpServer(port)
-    server.start()
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_ALERTS_SMTP",
-        json.dumps(
-            {
-                "conn_type": "smtp",
-                "host": "127.0.0.1",
-                "port": port,
-                "extra": {
-                    "from_email": "airflow-alerts@example.test",
-                    "disable_tls": True,
-                    "disable_ssl": True,
-                    "timeout": 5,
-                    "retry_limit": 0,
-                },
-            }
-        ),
-    )
-    monkeypatch.setenv("AIRFLOW_VAR_BATCH_ALERT_EMAIL_TO", RECIPIENTS)
     # Only the channels a test configures (a row the settings tests applied to the metadata DB loses).
     monkeypatch.setenv("AIRFLOW_CONN_ALERTS_SLACK", json.dumps({"conn_type": "slackwebhook"}))
-    try:
+    with running_smtp(monkeypatch, RECIPIENTS) as server:
         yield server
-    finally:
-        if server.controller is not None:
-            server.controller.stop()
 
 
 @pytest.fixture
@@ -200,7 +131,7 @@ def test_two_failures_and_a_repeat_make_one_email_listing_two_entries_and_a_reru
     [message] = smtp.wait_for(1)
     assert (delivery.status, delivery.entries) == (LedgerStatus.PERFORMED, 2)
     assert delivery.recipients == ("data@example.test", "oncall@example.test")
-    assert sorted(smtp.envelopes[0]) == ["data@example.test", "oncall@example.test"]
+    assert sorted(smtp.envelopes[0][1]) == ["data@example.test", "oncall@example.test"]
     assert message["From"] == "airflow-alerts@example.test"
     assert message["Subject"] == f"[airflow] [tier:3] Alert digest: 2 alerts (3 occurrences) from {dag_id}"
     assert message.get_content_type() == "multipart/alternative"

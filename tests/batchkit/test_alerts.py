@@ -147,10 +147,38 @@ def slack(monkeypatch: pytest.MonkeyPatch) -> Iterator[Webhook]:
 
 
 @dataclass
-class Mailbox:
+class SmtpServer:
+    """aiosmtpd on a fixed loopback port; stop() makes the port refuse connections (a relay that is
+    down), start() brings it back where the connection points."""
+
+    port: int
     messages: list[EmailMessage] = field(default_factory=list)
-    envelopes: list[tuple[str, list[str]]] = field(default_factory=list)
+    envelopes: list[tuple[str, list[str]]] = field(default_factory=list)  # (mail from, rcpt tos)
     arrived: threading.Condition = field(default_factory=threading.Condition)
+    controller: Any = None
+
+    def start(self) -> None:
+        from aiosmtpd.controller import Controller
+
+        server = self
+
+        class Handler:
+            async def handle_DATA(self, smtp: Any, session: Any, envelope: Any) -> str:
+                message = BytesParser(policy=policy.default).parsebytes(envelope.original_content)
+                with server.arrived:
+                    server.messages.append(message)
+                    server.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
+                    server.arrived.notify_all()
+                return "250 Message accepted for delivery"
+
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+
+    def stop(self) -> None:
+        self.controller.stop()
+        self.controller = None
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", self.port)) != 0, "the stopped server still answers"
 
     def wait_for(self, count: int, timeout: float = 10.0) -> list[EmailMessage]:
         with self.arrived:
@@ -158,27 +186,14 @@ class Mailbox:
         return list(self.messages)
 
 
-@pytest.fixture
-def smtp(monkeypatch: pytest.MonkeyPatch) -> Iterator[Mailbox]:
+@contextmanager
+def running_smtp(monkeypatch: pytest.MonkeyPatch, recipients: str) -> Iterator[SmtpServer]:
     """A real SMTP server (aiosmtpd) on loopback as the `alerts_smtp` connection, plain SMTP (no TLS);
     alert recipients from Variable batch_alert_email_to."""
-    from aiosmtpd.controller import Controller
-
-    box = Mailbox()
-
-    class Handler:
-        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-            message = BytesParser(policy=policy.default).parsebytes(envelope.original_content)
-            with box.arrived:
-                box.messages.append(message)
-                box.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
-                box.arrived.notify_all()
-            return "250 Message accepted for delivery"
-
     with socket.create_server(("127.0.0.1", 0)) as probe:
         port = probe.getsockname()[1]
-    controller = Controller(Handler(), hostname="127.0.0.1", port=port)
-    controller.start()
+    server = SmtpServer(port)
+    server.start()
     monkeypatch.setenv(
         "AIRFLOW_CONN_ALERTS_SMTP",
         json.dumps(
@@ -196,11 +211,18 @@ def smtp(monkeypatch: pytest.MonkeyPatch) -> Iterator[Mailbox]:
             }
         ),
     )
-    monkeypatch.setenv("AIRFLOW_VAR_BATCH_ALERT_EMAIL_TO", "oncall@example.test, data@example.test")
+    monkeypatch.setenv("AIRFLOW_VAR_BATCH_ALERT_EMAIL_TO", recipients)
     try:
-        yield box
+        yield server
     finally:
-        controller.stop()
+        if server.controller is not None:
+            server.controller.stop()
+
+
+@pytest.fixture
+def smtp(monkeypatch: pytest.MonkeyPatch) -> Iterator[SmtpServer]:
+    with running_smtp(monkeypatch, "oncall@example.test, data@example.test") as server:
+        yield server
 
 
 FAILING_DAG_SOURCE = """
@@ -684,7 +706,7 @@ def test_standard_dag_routes_both_alerts_by_the_tier_tag_with_the_runbook_line()
 
 
 def test_tier_1_pages_and_posts_to_slack_tier_2_only_slack_tier_3_queues_its_email_for_the_digest(
-    webhook: Webhook, slack: Webhook, smtp: Mailbox, warehouse: psycopg.Connection
+    webhook: Webhook, slack: Webhook, smtp: SmtpServer, warehouse: psycopg.Connection
 ) -> None:
     """Tier 3's email waits for platform_alert_digest (tests/batchkit/test_alert_digest.py sends it)."""
     dag_ids = {tier: f"bk_route_{tier[-1]}_{uuid.uuid4().hex[:6]}" for tier in ("tier:1", "tier:2", "tier:3")}
@@ -779,7 +801,7 @@ def test_a_missed_deadline_reaches_slack_with_the_run_and_its_deadline(
     assert webhook.wait_for(1, timeout=0.5) == [], "tier:2 does not page"
 
 
-def test_email_goes_through_a_real_smtp_server(smtp: Mailbox, warehouse: psycopg.Connection) -> None:
+def test_email_goes_through_a_real_smtp_server(smtp: SmtpServer, warehouse: psycopg.Connection) -> None:
     """An email channel outside the digest tiers sends at once (tier:3 email waits for the digest)."""
     dag_id = f"bk_mail_{uuid.uuid4().hex[:8]}"
     payload = _failure(dag_id, RuntimeError("checksum <mismatch> in batch 12"))
