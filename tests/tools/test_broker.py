@@ -20,7 +20,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from tools.broker import EmbeddedRedis
+import tools.broker
+from tools.broker import EmbeddedRedis, resolve_test_redis
 
 PASSWORD = "broker-test-password"  # pragma: allowlist secret
 
@@ -81,3 +82,25 @@ def test_a_client_without_the_password_is_refused(broker: EmbeddedRedis, tmp_pat
         with pytest.raises(redis.AuthenticationError):
             redis.Redis(**once, password="guess").ping()  # pragma: allowlist secret
         assert broker.ping()
+
+
+def test_without_a_redis_the_tests_start_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh laptop: no TEST_REDIS_URL, nothing on the default port: a real redis-server is started."""
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        closed_port = probe.getsockname()[1]
+    monkeypatch.delenv("TEST_REDIS_URL", raising=False)
+    monkeypatch.setattr(tools.broker, "TEST_REDIS_DEFAULT", f"redis://127.0.0.1:{closed_port}/15")
+
+    url, process = resolve_test_redis()
+
+    try:
+        assert process is not None
+        assert url.endswith("/15")
+        client = redis.Redis.from_url(url)
+        assert client.ping()
+        client.set("probe", "1")
+        assert client.get("probe") == b"1"
+        client.close()
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

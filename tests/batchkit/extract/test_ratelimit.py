@@ -1,7 +1,8 @@
 """The cluster-wide rate limit (batchkit.extract.ratelimit): its arithmetic, both stores against the real
 Redis and Postgres from several OS processes, RestApiHook end to end, and an unreachable store.
 
-Redis: TEST_REDIS_URL (default redis://127.0.0.1:6379/15). Postgres: the session's warehouse database
+Redis: the session's (tests/conftest.py: TEST_REDIS_URL, else 6379 if it answers, else a redis-server
+of its own). Postgres: the session's warehouse database
 (tests/conftest.py), through Airflow connection `warehouse` as tasks reach it. Every test uses limit
 keys of its own, so reruns and parallel sessions never share a schedule.
 
