@@ -1,16 +1,19 @@
 """A real dag-processor over hundreds of generated YAML syncs: its full parse loop, per-file times, memory.
 
-    .venv/bin/python -m bench.dag_processor_many [--syncs 500] [--runs 1] [--rounds 2]
+    .venv/bin/python -m bench.dag_processor_many [--syncs 500] [--runs 1] [--rounds 2] [--baseline-plugins DIR]
 
 Generates `--syncs` syncs (bench.parse_many.generate: tools.new_sync's scaffold) into a temporary root,
 migrates a throwaway metadata database per configuration on $BENCH_PG_URL, and runs `airflow
-dag-processor --num-runs N` over the generated dags folder `--rounds` times per configuration, the two
-alternating:
+dag-processor --num-runs N` over the generated dags folder `--rounds` times per configuration, the
+configurations alternating (their order reversed every other round):
 
-  as_is      the repo's config/ (airflow_local_settings.py: the cluster policy, which imports
-             batchkit.policy only): every parse child imports batchkit.sync_dag and its dependencies
-  preloaded  the same config plus `import batchkit.sync_dag` in airflow_local_settings.py: the processor
-             imports it once at start-up and its forked parse children inherit it
+  as_is      the repo as it is (plugins/, config/)
+  baseline   with --baseline-plugins DIR: that plugins/ instead (e.g. copied from a `git worktree` of an
+             earlier commit), for before and after in one run
+
+A parse child is forked from the processor and inherits what it has imported; importing
+batchkit.sync_dag in the processor before it forks (from airflow_local_settings.py) was measured with an
+earlier version of this script and saved nothing measurable (BENCHMARKS.md), so the repo does not.
 
 Per run: wall time of the processor (start-up, N loops over every file, exit), the per-file parse
 durations it records itself (the `dag_processing.last_duration` it keeps per file, read from the
@@ -114,23 +117,26 @@ def main() -> None:
     parser.add_argument("--syncs", type=int, default=500)
     parser.add_argument("--runs", type=int, default=1, help="dag-processor --num-runs")
     parser.add_argument("--rounds", type=int, default=2, help="processor runs per variant, alternating")
+    parser.add_argument(
+        "--baseline-plugins",
+        type=Path,
+        help="a plugins/ from before a change: adds the variant `baseline`",
+    )
+    parser.add_argument("--result", default="dag_processor_many", help="bench/results/<name>.json")
     args = parser.parse_args()
 
     server, _ = PgServer.from_url(os.environ.get("BENCH_PG_URL", DEFAULT_URL))
     work = Path(tempfile.mkdtemp(prefix="bench-dagproc-"))
     root = work / "repo"
     generate(root, args.syncs)
-    variants = ("as_is", "preloaded")
+    variants = ("as_is", *(("baseline",) if args.baseline_plugins else ()))
     envs: dict[str, dict[str, str]] = {}
     results: dict[str, list[dict]] = {variant: [] for variant in variants}
     try:
         for variant in variants:
             config = work / f"config-{variant}"
             config.mkdir()
-            settings = (REPO_ROOT / "config" / "airflow_local_settings.py").read_text()
-            if variant == "preloaded":
-                settings += "\n\nimport batchkit.sync_dag  # noqa: E402,F401  preloaded for the forked parse children\n"
-            (config / "airflow_local_settings.py").write_text(settings)
+            shutil.copy(REPO_ROOT / "config" / "airflow_local_settings.py", config)
             database = f"bench_dagproc_{variant}_{os.getpid()}"
             ensure_database(server, database)
             envs[variant] = airflow_env(
@@ -142,6 +148,11 @@ def main() -> None:
                     "PYTHONPATH": os.pathsep.join([str(config), str(root), str(REPO_ROOT)]),
                     "AIRFLOW__DAG_PROCESSOR__PRINT_STATS_INTERVAL": "5",
                     "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+                    **(
+                        {"AIRFLOW__CORE__PLUGINS_FOLDER": str(args.baseline_plugins.resolve())}
+                        if variant == "baseline"
+                        else {}
+                    ),
                 },
             )
             subprocess.run(
@@ -181,7 +192,7 @@ def main() -> None:
         for variant in variants:
             _drop(server, f"bench_dagproc_{variant}_{os.getpid()}")
     write_result(
-        "dag_processor_many",
+        args.result,
         {
             "command": "python -m bench.dag_processor_many " + " ".join(sys.argv[1:]),
             "syncs": args.syncs,

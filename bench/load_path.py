@@ -215,8 +215,9 @@ def main() -> None:
             "d_sync_interval_rows_per_s": round(sync_rows / sync_seconds),
             "ratio_a_to_b": round(rate_a / rate_b, 3),
             "ratio_a_to_c": round(rate_a / rate_c, 1),
-            "targets": {"a_to_b": 0.6, "a_to_c": 20},
-            "targets_met": {"a_to_b": rate_a / rate_b >= 0.6, "a_to_c": rate_a / rate_c >= 20},
+            # Issue 14's floor; it withdrew the earlier 20x-insert_rows target (c stays as context).
+            "targets": {"a_to_b": 0.8},
+            "targets_met": {"a_to_b": rate_a / rate_b >= 0.8},
         },
     )
 

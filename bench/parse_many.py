@@ -68,6 +68,8 @@ def env_for(root: Path, plugins: Path = REPO_ROOT / "plugins") -> dict[str, str]
         # The generated root first: `include.contracts.<name>` must resolve to the generated modules.
         "PYTHONPATH": os.pathsep.join([str(root), str(plugins), str(REPO_ROOT)]),
         "BENCH_GENERATED_ROOT": str(root),
+        # Ahead of the repo's plugins/, which importing `bench` (via tools) puts first on sys.path.
+        "BENCH_PLUGINS": str(plugins.resolve()),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": UNREACHABLE_DB,
     }
 
@@ -93,13 +95,21 @@ def probe(files: list[Path], env: dict[str, str], *, warm: bool) -> list[dict]:
 def _probe(path: Path, warm: bool) -> dict:
     from airflow.dag_processing.dagbag import DagBag
 
-    if warm:
-        import batchkit.sync_dag  # noqa: F401
+    if warm:  # imported before the clock, as in a child forked from a processor that imported it
+        import batchkit.sync_dag
 
     started = time.perf_counter()
     bag = DagBag(dag_folder=path)
     seconds = time.perf_counter() - started
-    return {"file": str(path), "dags": len(bag.dags), "import_errors": bag.import_errors, "seconds": seconds}
+    import batchkit
+
+    return {
+        "file": str(path),
+        "dags": len(bag.dags),
+        "import_errors": bag.import_errors,
+        "seconds": seconds,
+        "plugins": str(Path(batchkit.__path__[0]).parent),
+    }
 
 
 def _folder(folder: Path) -> dict:
@@ -144,6 +154,8 @@ def main() -> None:
         # Ahead of the repo root (the working directory, sys.path[0] under -m): `include.contracts`
         # must be the generated package.
         sys.path.insert(0, os.environ["BENCH_GENERATED_ROOT"])
+    if os.environ.get("BENCH_PLUGINS"):
+        sys.path.insert(0, os.environ["BENCH_PLUGINS"])
     if args.probe:
         print(json.dumps(_probe(args.probe, args.warm)))
         return
@@ -168,9 +180,12 @@ def main() -> None:
             warm += probe([path], env, warm=True)
             if baseline_env is not None:
                 baseline += probe([path], baseline_env, warm=False)
-        problems = [r for r in cold + warm if r["dags"] != 1 or r["import_errors"]]
+        problems = [r for r in cold + warm + baseline if r["dags"] != 1 or r["import_errors"]]
         if problems:
             raise RuntimeError(f"files did not parse into one DAG: {problems[:3]}")
+        for results, plugins in ((cold + warm, REPO_ROOT / "plugins"), (baseline, args.baseline_plugins)):
+            if wrong := {r["plugins"] for r in results} - {str(Path(plugins or ".").resolve())}:
+                raise RuntimeError(f"probes meant for {plugins} imported batchkit from {sorted(wrong)}")
         completed = subprocess.run(
             [sys.executable, "-m", "bench.parse_many", "--folder", str(root / "dags")],
             env=env,

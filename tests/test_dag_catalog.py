@@ -33,8 +33,8 @@ from tools.dag_catalog import (
 )
 from tools.metadb import REPO_ROOT
 
-ORDERS = Asset("table://warehouse/sales/orders")
-CUSTOMERS = Asset("table://warehouse/crm/customers")
+ORDERS = Asset("x-table://warehouse/sales/orders")
+CUSTOMERS = Asset("x-table://warehouse/crm/customers")
 
 
 @pytest.fixture(scope="module")
@@ -126,10 +126,10 @@ def test_tasks_are_listed_upstream_first_with_stable_ties() -> None:
     [
         ("@hourly", "`0 * * * *` (UTC), at each tick"),
         (None, "manual only"),
-        ([ORDERS], "on updates to `table://warehouse/sales/orders`"),
+        ([ORDERS], "on updates to `x-table://warehouse/sales/orders`"),
         (
             ORDERS & CUSTOMERS,
-            "on updates to (`table://warehouse/sales/orders` and `table://warehouse/crm/customers`)",
+            "on updates to (`x-table://warehouse/sales/orders` and `x-table://warehouse/crm/customers`)",
         ),
     ],
 )

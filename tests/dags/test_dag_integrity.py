@@ -15,9 +15,11 @@ import ast
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from airflow.dag_processing.dagbag import DagBag
+from airflow.sdk import Asset
 
 from batchkit.policy import dag_problems, task_problems
 from bench.parse_time import DAGS_DIR, PARSE_BUDGET_SECONDS, dag_files, probe, probe_many
@@ -52,6 +54,35 @@ def test_every_dag_and_task_follows_the_rules(dagbag: DagBag) -> None:
         for task in dag.tasks:
             problems += [f"{where} task {task.task_id!r}: {p}" for p in task_problems(task)]
     assert not problems, "\n".join(problems)
+
+
+def assets_of(dag: Any) -> list[Asset]:
+    """Every Asset a DAG is scheduled on, produces or reads."""
+    found: list[Asset] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, Asset):
+            found.append(node)
+        for part in getattr(node, "objects", ()):  # AssetAll / AssetAny
+            walk(part)
+
+    walk(getattr(dag.timetable, "asset_condition", None))
+    for task in dag.tasks:
+        for item in [*task.outlets, *task.inlets]:
+            walk(item)
+    return found
+
+
+def test_asset_uris_use_a_custom_scheme(dagbag: DagBag) -> None:
+    """An Asset URI scheme without the `x-` prefix makes every process that builds the DAG (each parse,
+    each task) load every provider's asset URI handlers, boto3 included: that was half of a sync file's
+    parse (BENCHMARKS.md, "Parse time: the asset URI scheme"). batchkit.assets.table_asset uses `x-table`."""
+    assets = {dag_id: assets_of(dag) for dag_id, dag in dagbag.dags.items()}
+    assert any(assets.values()), "no DAG has an Asset: nothing was checked"
+    wrong = sorted(
+        f"{dag_id}: {a.uri}" for dag_id, found in assets.items() for a in found if not a.uri.startswith("x-")
+    )
+    assert not wrong, "Asset URIs without an x- scheme:\n" + "\n".join(wrong)
 
 
 def test_python_dag_files_are_named_after_their_dag(dagbag: DagBag) -> None:

@@ -159,7 +159,7 @@ def test_a_scaffolded_sync_passes_the_ci_checks_as_generated(
     for name, _, table in GENERATED:
         assert f"\n## {name}\n" in catalog
         assert f"include/automations/{name}.yaml" in catalog
-        assert f"`table://warehouse/{table.replace('.', '/')}`" in catalog
+        assert f"`x-table://warehouse/{table.replace('.', '/')}`" in catalog
     assert (REPO_ROOT / "docs/dags.md").read_text() == catalog_before
     catalog_check = run_in(root, sys.executable, "-m", "tools.dag_catalog", "--check", "--root", root)
     assert catalog_check.returncode == 0, catalog_check.stdout[-4000:] + catalog_check.stderr[-2000:]
